@@ -1,0 +1,255 @@
+"""Weighted least-squares last layers in closed form.
+
+The retrained last layer of THEORY.md ("Estimator"):
+
+    (w, b) = argmin_{w, b}  sum_i c_i (y_i - w.x_i - b)^2 + ridge * n * |w|^2,
+
+with per-sample weights c_i >= 0, the intercept b unpenalized and n the number of
+rows with c_i > 0. Class weights are (c_+, c_-) = (weight, 1). A row with c_i = 0 is
+a row left out, so one fixed-shape design plus a 0/1 mask serves every sample size.
+
+Nothing here is jitted; callers apply `jax.jit` / `jax.vmap`, e.g.
+`jax.jit(jax.vmap(fit_sweep, in_axes=(0, 0, None)))` over seeds.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
+
+from thumb_jax import _checks
+
+
+class LastLayer(NamedTuple):
+  """A linear head: score(x) = x @ w + b. Shapes w [..., d], b [...]."""
+  w: jax.Array
+  b: jax.Array
+
+
+def scores(layer: LastLayer, x: jax.Array) -> jax.Array:
+  """x [n, d] -> scores [..., n] for a (possibly batched) layer."""
+  return jnp.einsum("nd,...d->...n", x, layer.w) + layer.b[..., None]
+
+
+def class_sample_weights(y: jax.Array, weight, mask: jax.Array | None = None) -> jax.Array:
+  """c_i = weight for y_i = +1, 1 for y_i = -1, times the 0/1 mask. Shape [n]."""
+  c = jnp.where(y > 0, weight, 1.0)
+  return c if mask is None else c * mask
+
+
+def _psd_solve(a: jax.Array, rhs: jax.Array) -> jax.Array:
+  """Minimum-norm solution of a x = rhs for symmetric PSD a (pseudo-inverse via eigh).
+
+  Eigenvalues below max(a.shape) * eps * largest are treated as zero, so a singular
+  system (ridge 0 and fewer samples than features) gives the minimum-norm solution.
+  """
+  evals, evecs = jnp.linalg.eigh(a)
+  tol = a.shape[-1] * jnp.finfo(a.dtype).eps * jnp.max(jnp.abs(evals))
+  inv = jnp.where(evals > tol, 1.0 / jnp.where(evals > tol, evals, 1.0), 0.0)
+  return evecs @ (inv * (evecs.T @ rhs))
+
+
+def _validate(x, y, sample_weight_or_weight, ridge, mask, *, weight_name):
+  _checks.shape("x", x, (None, None), "[n, d]")
+  n = x.shape[0]
+  _checks.shape("y", y, (n,), f"[{n}] (one label per row of x)")
+  _checks.labels("y", y if mask is None or not _checks.is_concrete(mask)
+                 else jnp.asarray(y)[jnp.asarray(mask) > 0])
+  _checks.nonnegative("ridge", ridge)
+  if mask is not None:
+    _checks.shape("mask", mask, (n,), f"[{n}]")
+  if weight_name == "weight":
+    _checks.positive("weight", sample_weight_or_weight)
+  else:
+    _checks.shape(weight_name, sample_weight_or_weight, (n,), f"[{n}]")
+    _checks.nonnegative(weight_name, sample_weight_or_weight)
+
+
+def fit_weighted(x: jax.Array, y: jax.Array, sample_weight: jax.Array, *,
+                 ridge=0.0) -> LastLayer:
+  """Weighted ridge least squares with per-sample weights, one direct solve.
+
+  Eliminating the unpenalized intercept: with weighted means xbar = sum c x / sum c,
+  ybar likewise, b = ybar - xbar.w and w solves the centred weighted ridge problem
+      (Xc' C Xc + ridge n I) w = Xc' C yc            (primal, d <= n rows), or
+      w = B' (B B' + ridge n I)^+ C^{1/2} yc,  B = C^{1/2} Xc   (dual, d > n rows).
+  With ridge 0 and a rank-deficient system the pseudo-inverse returns the
+  minimum-norm interpolator (the ridge -> 0+ limit), not NaN.
+
+  Args:
+    x: features [n, d].
+    y: targets [n] (labels +1 / -1 for classification).
+    sample_weight: c [n] >= 0; rows with c = 0 are left out.
+    ridge: penalty; the objective adds ridge * (number of rows with c > 0) * |w|^2.
+
+  Returns:
+    LastLayer(w [d], b []).
+  """
+  n_rows, d = x.shape
+  c = sample_weight.astype(x.dtype)
+  n_eff = jnp.sum(c > 0)
+  total = jnp.sum(c)
+  xbar = c @ x / total
+  ybar = c @ y / total
+  xc, yc = x - xbar, y - ybar
+  if d <= n_rows:
+    gram = xc.T @ (c[:, None] * xc) + ridge * n_eff * jnp.eye(d, dtype=x.dtype)
+    w = _psd_solve(gram, xc.T @ (c * yc))
+  else:
+    root = jnp.sqrt(c)
+    bmat = root[:, None] * xc
+    kernel = bmat @ bmat.T + ridge * n_eff * jnp.eye(n_rows, dtype=x.dtype)
+    w = bmat.T @ _psd_solve(kernel, root * yc)
+  return LastLayer(w, ybar - xbar @ w)
+
+
+def fit(x: jax.Array, y: jax.Array, weight=1.0, *, ridge=0.0,
+        mask: jax.Array | None = None) -> LastLayer:
+  """Class-weighted ridge least squares: c_+ = weight, c_- = 1 (times the mask).
+
+  Args:
+    x: features [n, d].
+    y: labels [n] in {+1, -1}.
+    weight: minority class weight omega > 0 (scalar).
+    ridge: ridge >= 0 (objective: ... + ridge * n * |w|^2, n = rows kept by the mask).
+    mask: optional 0/1 [n] selecting a subsample of the rows.
+
+  Returns:
+    LastLayer(w [d], b []).
+
+  Raises:
+    ValueError (concrete inputs only): bad shapes, labels not in {+1, -1}, a class
+    absent, weight <= 0, ridge < 0.
+  """
+  _validate(x, y, weight, ridge, mask, weight_name="weight")
+  return fit_weighted(x, y, class_sample_weights(y, weight, mask), ridge=ridge)
+
+
+class SweepFactors(NamedTuple):
+  """One factorization of a retraining set that serves every class weight.
+
+  Notation (per masked class k in {+, -}): counts n_k, means xbar_k, within-class
+  scatters S_k = sum_{i in k} (x_i - xbar_k)(x_i - xbar_k)'. In the coordinates
+  `basis` (identity when d <= n rows, an orthonormal basis of the row space otherwise)
+  R = S_+ + S_- + ridge n I = L L',  L^-1 S_+ L^-T = U diag(s) U',  T = L^-T U.
+  """
+  transform: jax.Array      # T [r, r]
+  spectrum: jax.Array       # s [r], in [0, 1]
+  proj_diff: jax.Array      # T' dbar [r]
+  mean_plus: jax.Array      # xbar_+ [d]
+  mean_minus: jax.Array     # xbar_- [d]
+  count_plus: jax.Array     # n_+ []
+  count_minus: jax.Array    # n_- []
+  basis: jax.Array | None   # Q [d, r] or None (r = d)
+  interpolator: LastLayer | None  # ridge-0 minimum-norm interpolator where R is singular
+  use_interpolator: jax.Array     # bool []
+
+
+def factor(x: jax.Array, y: jax.Array, *, ridge=0.0,
+           mask: jax.Array | None = None) -> SweepFactors:
+  """O(d^3) (or O(d n^2) when d > n) factorization for `solve_factored`.
+
+  Derivation (THEORY.md "Why it holds", specialized to class-constant labels): the
+  intercept eliminates to weighted centring; with c_+ = omega, c_- = 1 the weighted
+  scatter is A(omega) + beta dbar dbar', A(omega) = omega S_+ + S_- + ridge n I,
+  beta = omega n_+ n_- / (omega n_+ + n_-), dbar = xbar_+ - xbar_-, and
+  X_c' C y_c = 2 beta dbar. Sherman-Morrison then gives
+      w(omega) = 2 beta A^-1 dbar / (1 + beta dbar' A^-1 dbar).
+  A(omega) = R + (omega - 1) S_+ with R = A(1) = L L', so
+      A(omega)^-1 = T diag(1 / (1 + (omega - 1) s)) T',  s in [0, 1],
+  which is positive for every omega > 0 whenever R is (ridge > 0, or n - 2 >= d).
+  With ridge 0 and R singular every weight gives the minimum-norm interpolator.
+
+  Args:
+    x: features [n, d]; y: labels [n] in {+1, -1}; ridge >= 0; mask: optional 0/1 [n].
+
+  Returns:
+    SweepFactors.
+  """
+  _validate(x, y, 1.0, ridge, mask, weight_name="weight")
+  n_rows, d = x.shape
+  mask = jnp.ones((n_rows,), x.dtype) if mask is None else mask.astype(x.dtype)
+  m_plus = jnp.where(y > 0, mask, 0.0)
+  m_minus = jnp.where(y > 0, 0.0, mask)
+  n_plus, n_minus = jnp.sum(m_plus), jnp.sum(m_minus)
+  n_eff = n_plus + n_minus
+  mean_plus = m_plus @ x / n_plus
+  mean_minus = m_minus @ x / n_minus
+
+  basis = None
+  z = x
+  if d > n_rows:
+    # Every vector in the solution lies in the row space of x: w = Q v.
+    basis, _ = jnp.linalg.qr(x.T)                      # [d, n_rows]
+    z = x @ basis
+  r = z.shape[1]
+  zbar_plus, zbar_minus = m_plus @ z / n_plus, m_minus @ z / n_minus
+  zc_plus = (z - zbar_plus) * m_plus[:, None]
+  zc_minus = (z - zbar_minus) * m_minus[:, None]
+  scatter_plus = zc_plus.T @ zc_plus
+  scatter_ref = scatter_plus + zc_minus.T @ zc_minus + ridge * n_eff * jnp.eye(r, dtype=x.dtype)
+  chol = jnp.linalg.cholesky(scatter_ref)
+  half = solve_triangular(chol, scatter_plus, lower=True)          # L^-1 S_+
+  whitened = solve_triangular(chol, half.T, lower=True)            # L^-1 S_+ L^-T
+  spectrum, evecs = jnp.linalg.eigh(0.5 * (whitened + whitened.T))
+  transform = solve_triangular(chol.T, evecs, lower=False)         # L^-T U
+  proj_diff = transform.T @ (zbar_plus - zbar_minus)
+
+  use_interp = (jnp.asarray(ridge) == 0) & (n_eff - 2 < r)
+  interp = jax.lax.cond(
+      use_interp,
+      lambda: fit_weighted(x, y, mask, ridge=0.0),
+      lambda: LastLayer(jnp.zeros((d,), x.dtype), jnp.zeros((), x.dtype)))
+  return SweepFactors(transform, jnp.clip(spectrum, 0.0, 1.0), proj_diff, mean_plus,
+                      mean_minus, n_plus, n_minus, basis, interp, use_interp)
+
+
+def solve_factored(factors: SweepFactors, weights: jax.Array) -> LastLayer:
+  """Last layers for K class weights from one factorization, O(d^2 K).
+
+  Args:
+    factors: from `factor`.
+    weights: omega [K] > 0 (NaN for omega <= 0 under jit).
+
+  Returns:
+    LastLayer(w [K, d], b [K]).
+  """
+  weights = jnp.asarray(weights, factors.transform.dtype)
+  _checks.positive("weights", weights)
+  f = factors
+  total_plus = weights * f.count_plus
+  beta = total_plus * f.count_minus / (total_plus + f.count_minus)                 # [K]
+  denom = 1.0 + (weights[:, None] - 1.0) * f.spectrum                               # [K, r]
+  g = f.proj_diff / denom                                                            # [K, r]
+  quad = jnp.sum(f.proj_diff * g, axis=-1)                                           # dbar'A^-1 dbar
+  v = (2.0 * beta / (1.0 + beta * quad))[:, None] * (g @ f.transform.T)             # [K, r]
+  w = v if f.basis is None else v @ f.basis.T
+  w = jnp.where(weights[:, None] > 0, w, jnp.nan)
+  # b = ybar - xbar.w with weighted means: ybar = (omega n_+ - n_-) / (omega n_+ + n_-).
+  total = total_plus + f.count_minus
+  ybar = (total_plus - f.count_minus) / total
+  xbar_w = (total_plus * (w @ f.mean_plus) + f.count_minus * (w @ f.mean_minus)) / total
+  b = ybar - xbar_w
+  w = jnp.where(f.use_interpolator, f.interpolator.w, w)
+  b = jnp.where(f.use_interpolator, f.interpolator.b, b)
+  return LastLayer(w, b)
+
+
+def fit_sweep(x: jax.Array, y: jax.Array, weights: jax.Array, *, ridge=0.0,
+              mask: jax.Array | None = None) -> LastLayer:
+  """Class-weighted ridge least squares for K weights on the same data.
+
+  Equal to `fit(x, y, weights[k], ridge=ridge, mask=mask)` for every k, at the cost
+  of one factorization plus O(d^2) per weight (see `factor`).
+
+  Args:
+    x: features [n, d]; y: labels [n] in {+1, -1}; weights: omega [K] > 0;
+    ridge >= 0; mask: optional 0/1 [n].
+
+  Returns:
+    LastLayer(w [K, d], b [K]).
+  """
+  return solve_factored(factor(x, y, ridge=ridge, mask=mask), weights)
