@@ -1,0 +1,109 @@
+"""Per-class test errors: exact under the Gaussian model, empirical from scores.
+
+Worst-class error = max(err_+, err_-); balanced error = (err_+ + err_-) / 2.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import ndtr
+from scipy import stats
+
+from thumb_jax.lls import LastLayer
+
+
+class ClassErrors(NamedTuple):
+  """Per-class error rates (any matching shapes)."""
+  err_plus: jax.Array
+  err_minus: jax.Array
+
+  @property
+  def worst(self):
+    return worst_class_error(self)
+
+  @property
+  def balanced(self):
+    return balanced_error(self)
+
+
+def worst_class_error(errors: ClassErrors):
+  return jnp.maximum(errors.err_plus, errors.err_minus)
+
+
+def balanced_error(errors: ClassErrors):
+  return 0.5 * (errors.err_plus + errors.err_minus)
+
+
+def gaussian_class_errors(layer: LastLayer, mu_plus: jax.Array, mu_minus: jax.Array, *,
+                          var_plus=1.0, var_minus=1.0) -> ClassErrors:
+  """Exact test errors of sign(w.x + b) under x | y ~ N(mu_y, s_y^2 I) (THEORY.md).
+
+      err_+ = Phi(-(w.mu_+ + b) / (s_+ |w|)),   err_- = Phi((w.mu_- + b) / (s_- |w|)).
+
+  Args:
+    layer: LastLayer with w [..., d], b [...].
+    mu_plus, mu_minus: class means [d].
+    var_plus, var_minus: per-coordinate class variances s_+^2, s_-^2.
+
+  Returns:
+    ClassErrors with shapes [...].
+  """
+  norm = jnp.linalg.norm(layer.w, axis=-1)
+  err_plus = ndtr(-(layer.w @ mu_plus + layer.b) / (jnp.sqrt(var_plus) * norm))
+  err_minus = ndtr((layer.w @ mu_minus + layer.b) / (jnp.sqrt(var_minus) * norm))
+  return ClassErrors(err_plus, err_minus)
+
+
+def empirical_class_errors(scores: jax.Array, labels: jax.Array,
+                           mask: jax.Array | None = None) -> ClassErrors:
+  """Per-class error of the rule predict +1 iff score > 0.
+
+  Args:
+    scores: [..., n].
+    labels: [n] in {+1, -1}.
+    mask: optional 0/1 [n] selecting the evaluated rows.
+
+  Returns:
+    ClassErrors with shapes [...] (NaN for a class with no evaluated rows).
+  """
+  keep = jnp.ones(labels.shape) if mask is None else mask
+  plus = (labels > 0) * keep
+  minus = (labels < 0) * keep
+  wrong_plus = jnp.sum((scores <= 0) * plus, axis=-1) / jnp.sum(plus)
+  wrong_minus = jnp.sum((scores > 0) * minus, axis=-1) / jnp.sum(minus)
+  return ClassErrors(wrong_plus, wrong_minus)
+
+
+class MeanCI(NamedTuple):
+  """Mean with a two-sided confidence interval (Student t over repeats)."""
+  mean: np.ndarray
+  low: np.ndarray
+  high: np.ndarray
+  half_width: np.ndarray
+
+
+def mean_ci(values, *, axis: int = 0, level: float = 0.95) -> MeanCI:
+  """Mean and t-interval over `axis` (the repeats axis). NaN entries are ignored.
+
+  Args:
+    values: array with repeats along `axis`.
+    axis: repeats axis.
+    level: confidence level in (0, 1).
+
+  Returns:
+    MeanCI with `axis` reduced.
+  """
+  if not 0 < level < 1:
+    raise ValueError(f"level: expected a value in (0, 1), got {level}")
+  v = np.asarray(values, dtype=np.float64)
+  count = np.sum(~np.isnan(v), axis=axis)
+  mean = np.nanmean(v, axis=axis)
+  std = np.nanstd(v, axis=axis, ddof=1) if v.shape[axis] > 1 else np.zeros_like(mean)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    t = stats.t.ppf(0.5 + level / 2, np.maximum(count - 1, 1))
+    half = np.where(count > 1, t * std / np.sqrt(count), np.nan)
+  return MeanCI(mean, mean - half, mean + half, half)

@@ -1,0 +1,304 @@
+"""Asymptotic per-class errors of the weighted least-squares last layer (THEORY.md).
+
+Proportional limit n, d -> infinity with d / n -> delta, x | y ~ N(mu_y, s_y^2 I),
+class weights (c_+, c_-) = (weight, 1), objective
+    sum_i c_i (y_i - w.x_i - b)^2 + ridge * n * |w|^2.
+
+Every function broadcasts over array arguments (delta, weight, ridge). With concrete
+values invalid arguments raise ValueError naming the argument; inside jit they give
+NaN (never a plausible wrong number): delta >= 1 with ridge = 0, weight <= 0,
+ridge < 0, pi_plus outside (0, 1).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import ndtr
+
+from thumb_jax import _checks
+from thumb_jax.metrics import ClassErrors
+from thumb_jax.mixture import GaussianMixture
+
+
+class Asymptotics(NamedTuple):
+  """Deterministic limits behind the per-class errors (THEORY.md steps 1-4)."""
+  m: jax.Array        # lim (1/d) tr (A/n + ridge I)^-1
+  m2: jax.Array       # lim (1/d) tr (A/n + ridge I)^-2
+  gain: jax.Array     # K
+  score_plus: jax.Array   # S_+: mean score of class +1
+  score_minus: jax.Array  # S_-: mean score of class -1
+  norm: jax.Array     # nu = lim |w|
+  errors: ClassErrors
+
+
+def resolvent(delta, tau_plus, tau_minus, pi_plus, ridge, *, newton_steps: int = 40):
+  """m > 0 solving 1/m = ridge + sum_k pi_k tau_k / (1 + tau_k delta m).
+
+  Generalized Marchenko-Pastur at z = -ridge. Written h(m) = ridge m + g(m) - 1 with
+  g(m) = sum_k pi_k tau_k m / (1 + tau_k delta m), h is increasing and concave, so
+  Newton started left of the root (m0 = 1 / (ridge + sum pi_k tau_k), where
+  g(m0) <= m0 sum pi_k tau_k gives h(m0) <= 0) climbs monotonically to it.
+  With ridge = 0 it is the quadratic
+      tau_+ tau_- delta (1 - delta) m^2 + (pi_+ tau_+ + pi_- tau_- - (tau_+ + tau_-) delta) m - 1 = 0,
+  whose positive root 2 / (B + sqrt(B^2 + 4A)) we use in closed form (NaN for delta >= 1).
+  """
+  pi_minus = 1.0 - pi_plus
+  # Closed form (ridge = 0).
+  qa = tau_plus * tau_minus * delta * (1.0 - delta)
+  qb = pi_plus * tau_plus + pi_minus * tau_minus - (tau_plus + tau_minus) * delta
+  m_ridgeless = jnp.where(delta < 1.0, 2.0 / (qb + jnp.sqrt(qb ** 2 + 4.0 * qa)), jnp.nan)
+
+  # Newton (ridge > 0); the ridge-0 entries are masked to a harmless ridge.
+  lam = jnp.where(ridge > 0, ridge, 1.0)
+
+  def newton(_, m):
+    d_p = 1.0 + tau_plus * delta * m
+    d_m = 1.0 + tau_minus * delta * m
+    h = lam * m + pi_plus * tau_plus * m / d_p + pi_minus * tau_minus * m / d_m - 1.0
+    dh = lam + pi_plus * tau_plus / d_p ** 2 + pi_minus * tau_minus / d_m ** 2
+    return m - h / dh
+
+  m0 = 1.0 / (lam + pi_plus * tau_plus + pi_minus * tau_minus)
+  m_ridge = jax.lax.fori_loop(0, newton_steps, newton, m0 * jnp.ones_like(qa))
+  return jnp.where(ridge > 0, m_ridge, m_ridgeless)
+
+
+def _asymptotics(mixture: GaussianMixture, delta, weight, ridge, *,
+                 interpolator: bool = False) -> Asymptotics:
+  """THEORY.md steps 1-4 without argument checks (NaN for invalid input)."""
+  dtype = jnp.result_type(float)
+  delta, weight, ridge = (jnp.asarray(v, dtype) for v in (delta, weight, ridge))
+  pi_p = jnp.asarray(mixture.pi_plus, dtype)
+  pi_m = 1.0 - pi_p
+  s2_p, s2_m = mixture.var_plus, mixture.var_minus
+  a_p, a_m, d2 = mixture.align_plus, mixture.align_minus, mixture.mean_diff_sq
+  bad = (pi_p <= 0) | (pi_p >= 1) | (weight <= 0) | (ridge < 0) | (delta <= 0)
+
+  c_p, c_m = weight, 1.0
+  tau_p, tau_m = c_p * s2_p, c_m * s2_m
+  cbar = pi_p * c_p + pi_m * c_m
+  p = pi_p * c_p / cbar
+  spread = d2 + delta * (s2_p / pi_p + s2_m / pi_m)                       # L
+  q = -p * a_p - (1 - p) * a_m - p * delta * s2_p / pi_p + (1 - p) * delta * s2_m / pi_m
+  if interpolator:
+    # ridge -> 0+ with delta > 1: m -> infinity, K -> 2 / L and m2 / m^2 -> delta / (delta - 1)
+    # (each tau_k^2 m^2 / (1 + tau_k delta m)^2 -> 1 / delta^2). The mean scores S_k are then
+    # independent of p (d/dp [(2p - 1) + 2 (a_k + q) / L] = 2 - 2 (D2 + delta sum s^2/pi) / L = 0),
+    # so weighting has no effect.
+    m = jnp.full_like(delta, jnp.inf)
+    m2 = m
+    gain = 2.0 / spread
+    ratio = jnp.where(delta > 1, delta / (delta - 1.0), jnp.nan)           # m2 / m^2
+    norm = gain * jnp.sqrt(ratio * spread)
+  else:
+    m = resolvent(delta, tau_p, tau_m, pi_p, ridge)
+    bracket = (pi_p * tau_p ** 2 / (1 + tau_p * delta * m) ** 2
+               + pi_m * tau_m ** 2 / (1 + tau_m * delta * m) ** 2)
+    m2 = m ** 2 / (1.0 - m ** 2 * delta * bracket)
+    beta = cbar * p * (1 - p)
+    gain = 2.0 * beta * m / (1.0 + beta * m * spread)
+    norm = gain * jnp.sqrt(m2 * spread) / m
+  score_p = (2 * p - 1) + gain * (a_p + q)
+  score_m = (2 * p - 1) + gain * (a_m + q)
+  err_p = ndtr(-score_p / (jnp.sqrt(s2_p) * norm))
+  err_m = ndtr(score_m / (jnp.sqrt(s2_m) * norm))
+  nan = jnp.nan
+  err_p, err_m = jnp.where(bad, nan, err_p), jnp.where(bad, nan, err_m)
+  return Asymptotics(m, m2, gain, score_p, score_m, norm, ClassErrors(err_p, err_m))
+
+
+def _check(mixture, delta, weight, ridge):
+  mixture.validate()
+  _checks.positive("delta", delta)
+  _checks.positive("weight", weight)
+  _checks.nonnegative("ridge", ridge)
+
+
+def asymptotics(mixture: GaussianMixture, delta, weight, ridge=0.0) -> Asymptotics:
+  """All deterministic limits (m, m2, K, S_+, S_-, nu, errors); see `class_errors`."""
+  _check(mixture, delta, weight, ridge)
+  if _checks.is_concrete(delta, ridge):
+    ridgeless_interp = (np.asarray(ridge) == 0) & (np.asarray(delta) >= 1)
+    if np.any(ridgeless_interp):
+      raise ValueError(
+          "delta: expected delta < 1 when ridge = 0 (with d >= n the ridgeless fit "
+          "interpolates; use interpolator_class_errors for that limit), got "
+          f"delta={np.asarray(delta).tolist()} with ridge={np.asarray(ridge).tolist()}")
+  return _asymptotics(mixture, delta, weight, ridge)
+
+
+def class_errors(mixture: GaussianMixture, delta, weight, ridge=0.0) -> ClassErrors:
+  """Asymptotic per-class test errors (err_+, err_-) of the retrained last layer.
+
+  Args:
+    mixture: GaussianMixture (scalar fields).
+    delta: d / n > 0 (< 1 when ridge = 0).
+    weight: minority class weight c_+ > 0 (c_- = 1).
+    ridge: ridge >= 0, penalty ridge * n * |w|^2.
+
+  Returns:
+    ClassErrors broadcast over (delta, weight, ridge).
+  """
+  return asymptotics(mixture, delta, weight, ridge).errors
+
+
+def interpolator_class_errors(mixture: GaussianMixture, delta) -> ClassErrors:
+  """Per-class errors of the minimum-norm interpolator (ridge -> 0+, delta > 1).
+
+  The same for every class weight (see the derivation in `_asymptotics`).
+  """
+  mixture.validate()
+  _checks.positive("delta", delta)
+  if _checks.is_concrete(delta) and np.any(np.asarray(delta) <= 1):
+    raise ValueError(f"delta: expected delta > 1 for the interpolator, got "
+                     f"{np.asarray(delta).tolist()}")
+  return _asymptotics(mixture, delta, 1.0, 0.0, interpolator=True).errors
+
+
+def _errors_any_regime(mixture, delta, weight, ridge) -> ClassErrors:
+  """class_errors, switching to the interpolator limit where ridge = 0 and delta > 1."""
+  regular = _asymptotics(mixture, delta, weight, ridge).errors
+  interp = _asymptotics(mixture, delta, weight, ridge, interpolator=True).errors
+  use = (jnp.asarray(ridge) == 0) & (jnp.asarray(delta) > 1)
+  return ClassErrors(jnp.where(use, interp.err_plus, regular.err_plus),
+                     jnp.where(use, interp.err_minus, regular.err_minus))
+
+
+def downsampled_class_errors(mixture: GaussianMixture, delta, ridge=0.0) -> ClassErrors:
+  """Per-class errors after downsampling the majority to balance, weights equal.
+
+  Keeping all n_+ = pi_+ n minority rows and as many majority rows leaves
+  n' = 2 pi_+ n samples: delta' = delta / (2 pi_+), pi' = 1/2, weight 1. Where
+  ridge = 0 and delta' > 1 the downsampled fit interpolates and the limit
+  of `interpolator_class_errors` applies.
+  """
+  _check(mixture, delta, 1.0, ridge)
+  balanced = mixture._replace(pi_plus=0.5)
+  return _errors_any_regime(balanced, jnp.asarray(delta) / (2.0 * mixture.pi_plus), 1.0, ridge)
+
+
+def prior_ratio(pi_plus):
+  """The classical weight pi_- / pi_+ (scikit-learn's class_weight='balanced')."""
+  _checks.open_interval("pi_plus", pi_plus, 0.0, 1.0)
+  return (1.0 - jnp.asarray(pi_plus)) / jnp.asarray(pi_plus)
+
+
+class OptimalWeight(NamedTuple):
+  """A chosen weight with its predicted per-class errors and objective value."""
+  weight: jax.Array
+  err_plus: jax.Array
+  err_minus: jax.Array
+  value: jax.Array           # objective at `weight`
+
+
+_OBJECTIVES = {
+    "worst": lambda e: jnp.maximum(e.err_plus, e.err_minus),
+    "balanced": lambda e: 0.5 * (e.err_plus + e.err_minus),
+}
+
+
+def _objective(name):
+  if name not in _OBJECTIVES:
+    raise ValueError(f"objective: expected one of {sorted(_OBJECTIVES)}, got {name!r}")
+  return _OBJECTIVES[name]
+
+
+def optimal_weight(mixture: GaussianMixture, delta, ridge=0.0, objective: str = "worst", *,
+                   log10_range: tuple[float, float] = (-2.0, 4.0), grid_size: int = 512,
+                   refine_size: int = 64, refine_rounds: int = 2) -> OptimalWeight:
+  """argmin over weight > 0 of the worst-class (or balanced) asymptotic error.
+
+  The objective can be non-convex in the weight (the minority error is U-shaped:
+  too much weight inflates variance), so the search is global on a dense log grid
+  and then refines around the best grid point (twice by default, each round a
+  `refine_size` grid between the neighbours), vectorized over delta and ridge.
+  The search range is `log10_range` (weights 1e-2 to 1e4 by default).
+
+  Args:
+    mixture: GaussianMixture.
+    delta: d / n, any shape (broadcast with ridge).
+    ridge: ridge >= 0.
+    objective: "worst" (max of the per-class errors) or "balanced" (their mean).
+
+  Returns:
+    OptimalWeight with the broadcast shape of (delta, ridge). NaN where the theory
+    is undefined (ridge = 0 with delta >= 1 under jit).
+  """
+  score = _objective(objective)
+  _check(mixture, delta, 1.0, ridge)
+  if _checks.is_concrete(delta, ridge) and np.any(
+      (np.asarray(ridge) == 0) & (np.asarray(delta) >= 1)):
+    raise ValueError("delta: expected delta < 1 when ridge = 0 (the ridgeless interpolator "
+                     f"ignores the weight), got delta={np.asarray(delta).tolist()}")
+  lo, hi = log10_range
+
+  def one(delta, ridge):
+    def evaluate(log_w):
+      errs = _asymptotics(mixture, delta, 10.0 ** log_w, ridge).errors
+      return score(errs), errs
+
+    grid = jnp.linspace(lo, hi, grid_size)
+    step = (hi - lo) / (grid_size - 1)
+    vals, _ = evaluate(grid)
+    best = grid[jnp.nanargmin(vals)]
+    for _ in range(refine_rounds):
+      grid = jnp.clip(jnp.linspace(best - step, best + step, refine_size), lo, hi)
+      step = 2 * step / (refine_size - 1)
+      vals, _ = evaluate(grid)
+      best = grid[jnp.nanargmin(vals)]
+    val, errs = evaluate(best)
+    ok = jnp.isfinite(val)
+    weight = jnp.where(ok, 10.0 ** best, jnp.nan)
+    return OptimalWeight(weight, errs.err_plus, errs.err_minus, val)
+
+  return jnp.vectorize(one)(jnp.asarray(delta, jnp.result_type(float)),
+                            jnp.asarray(ridge, jnp.result_type(float)))
+
+
+def equal_error_weight(mixture: GaussianMixture, delta, ridge=0.0, *,
+                       log10_range: tuple[float, float] = (-2.0, 4.0), grid_size: int = 512,
+                       bisection_steps: int = 50) -> OptimalWeight:
+  """The weight where err_+ = err_-, or NaN where none exists in `log10_range`.
+
+  err_+ - err_- is positive for small weights; the first sign change on a dense
+  log grid is refined by bisection. For large delta the minority error can stay
+  above the majority error for every weight (it is U-shaped in the weight), and
+  then no equal-error weight exists: the result is NaN ("none").
+
+  Returns:
+    OptimalWeight (value = the common error), broadcast over (delta, ridge).
+  """
+  _check(mixture, delta, 1.0, ridge)
+  lo, hi = log10_range
+
+  def one(delta, ridge):
+    def gap(log_w):
+      e = _asymptotics(mixture, delta, 10.0 ** log_w, ridge).errors
+      return e.err_plus - e.err_minus
+
+    grid = jnp.linspace(lo, hi, grid_size)
+    g = gap(grid)
+    crossing = (g[:-1] > 0) & (g[1:] <= 0)
+    exists = jnp.any(crossing)
+    i = jnp.argmax(crossing)
+
+    def bisect(_, bracket):
+      left, right = bracket
+      mid = 0.5 * (left + right)
+      pos = gap(mid) > 0
+      return jnp.where(pos, mid, left), jnp.where(pos, right, mid)
+
+    left, right = jax.lax.fori_loop(0, bisection_steps, bisect, (grid[i], grid[i + 1]))
+    log_w = 0.5 * (left + right)
+    e = _asymptotics(mixture, delta, 10.0 ** log_w, ridge).errors
+    nan = jnp.nan
+    return OptimalWeight(jnp.where(exists, 10.0 ** log_w, nan),
+                         jnp.where(exists, e.err_plus, nan), jnp.where(exists, e.err_minus, nan),
+                         jnp.where(exists, 0.5 * (e.err_plus + e.err_minus), nan))
+
+  return jnp.vectorize(one)(jnp.asarray(delta, jnp.result_type(float)),
+                            jnp.asarray(ridge, jnp.result_type(float)))
