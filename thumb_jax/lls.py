@@ -56,11 +56,11 @@ def _validate(x, y, sample_weight_or_weight, ridge, mask, *, weight_name):
   _checks.shape("x", x, (None, None), "[n, d]")
   n = x.shape[0]
   _checks.shape("y", y, (n,), f"[{n}] (one label per row of x)")
+  if mask is not None:
+    _checks.shape("mask", mask, (n,), f"[{n}]")
   _checks.labels("y", y if mask is None or not _checks.is_concrete(mask)
                  else jnp.asarray(y)[jnp.asarray(mask) > 0])
   _checks.nonnegative("ridge", ridge)
-  if mask is not None:
-    _checks.shape("mask", mask, (n,), f"[{n}]")
   if weight_name == "weight":
     _checks.positive("weight", sample_weight_or_weight)
   else:

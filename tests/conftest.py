@@ -1,0 +1,16 @@
+"""Shared fixtures: every numeric test runs with 64-bit floats off and on."""
+
+import jax
+import pytest
+
+
+@pytest.fixture(params=[False, True], ids=["x32", "x64"])
+def x64(request):
+  """Runs the test body with jax_enable_x64 set to the parameter; yields it."""
+  with jax.enable_x64(request.param):
+    yield request.param
+
+
+def rtol(x64_enabled: bool, *, f32: float = 2e-3, f64: float = 1e-9) -> float:
+  """Relative tolerance by precision (float32 solves of conditioned systems lose ~1e-4)."""
+  return f64 if x64_enabled else f32
