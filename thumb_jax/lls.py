@@ -144,8 +144,8 @@ class SweepFactors(NamedTuple):
   count_plus: jax.Array     # n_+ []
   count_minus: jax.Array    # n_- []
   basis: jax.Array | None   # Q [d, r] or None (r = d)
-  interpolator: LastLayer | None  # ridge-0 minimum-norm interpolator where R is singular
-  use_interpolator: jax.Array     # bool []
+  interpolator: LastLayer | None  # ridge-0 minimum-norm interpolator (None: ruled out statically)
+  use_interpolator: jax.Array     # bool []: R singular, every weight gives the interpolator
 
 
 def factor(x: jax.Array, y: jax.Array, *, ridge=0.0,
@@ -171,7 +171,8 @@ def factor(x: jax.Array, y: jax.Array, *, ridge=0.0,
   """
   _validate(x, y, 1.0, ridge, mask, weight_name="weight")
   n_rows, d = x.shape
-  mask = jnp.ones((n_rows,), x.dtype) if mask is None else mask.astype(x.dtype)
+  no_mask = mask is None
+  mask = jnp.ones((n_rows,), x.dtype) if no_mask else mask.astype(x.dtype)
   m_plus = jnp.where(y > 0, mask, 0.0)
   m_minus = jnp.where(y > 0, 0.0, mask)
   n_plus, n_minus = jnp.sum(m_plus), jnp.sum(m_minus)
@@ -198,11 +199,17 @@ def factor(x: jax.Array, y: jax.Array, *, ridge=0.0,
   transform = solve_triangular(chol.T, evecs, lower=False)         # L^-T U
   proj_diff = transform.T @ (zbar_plus - zbar_minus)
 
-  use_interp = (jnp.asarray(ridge) == 0) & (n_eff - 2 < r)
-  interp = jax.lax.cond(
-      use_interp,
-      lambda: fit_weighted(x, y, mask, ridge=0.0),
-      lambda: LastLayer(jnp.zeros((d,), x.dtype), jnp.zeros((), x.dtype)))
+  # R is singular only with ridge 0 and fewer than d + 2 rows kept. When that is ruled out
+  # statically (concrete ridge > 0, or no mask and enough rows) the interpolator branch is
+  # not even traced; otherwise lax.cond picks it (under vmap both branches run).
+  if _checks.is_concrete(ridge) and (float(ridge) > 0 or (no_mask and n_rows - 2 >= r)):
+    interp, use_interp = None, jnp.asarray(False)
+  else:
+    use_interp = (jnp.asarray(ridge) == 0) & (n_eff - 2 < r)
+    interp = jax.lax.cond(
+        use_interp,
+        lambda: fit_weighted(x, y, mask, ridge=0.0),
+        lambda: LastLayer(jnp.zeros((d,), x.dtype), jnp.zeros((), x.dtype)))
   return SweepFactors(transform, jnp.clip(spectrum, 0.0, 1.0), proj_diff, mean_plus,
                       mean_minus, n_plus, n_minus, basis, interp, use_interp)
 
@@ -233,8 +240,9 @@ def solve_factored(factors: SweepFactors, weights: jax.Array) -> LastLayer:
   ybar = (total_plus - f.count_minus) / total
   xbar_w = (total_plus * (w @ f.mean_plus) + f.count_minus * (w @ f.mean_minus)) / total
   b = ybar - xbar_w
-  w = jnp.where(f.use_interpolator, f.interpolator.w, w)
-  b = jnp.where(f.use_interpolator, f.interpolator.b, b)
+  if f.interpolator is not None:
+    w = jnp.where(f.use_interpolator, f.interpolator.w, w)
+    b = jnp.where(f.use_interpolator, f.interpolator.b, b)
   return LastLayer(w, b)
 
 
