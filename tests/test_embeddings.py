@@ -1,0 +1,96 @@
+"""Embedding extraction (padding, eval mode) and the disk cache; the entry point's smoke test."""
+
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from thumb_jax.images import configs, embeddings, resnet, train
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_train import fake_dataset  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope="module")
+def tiny_model_and_variables():
+  model = resnet.ResNetTiny(latent_dim=16)
+  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 16, 16, 3)), train=False))(
+      jax.random.key(0, impl="rbg"))
+  return model, variables
+
+
+def test_padded_last_batch_equals_unpadded(tiny_model_and_variables):
+  model, variables = tiny_model_and_variables
+  images = np.random.default_rng(0).integers(0, 256, (11, 16, 16, 3), dtype=np.uint8)
+  emb = embeddings.extract_embeddings(variables, model, images, batch_size=4)  # 4 + 4 + 3 (pad)
+  assert emb.shape == (11, 16) and emb.dtype == np.float32
+  one_batch = embeddings.extract_embeddings(variables, model, images, batch_size=11)
+  # Eval mode: batch norm uses running statistics, so rows do not depend on batch mates.
+  np.testing.assert_allclose(emb, one_batch, rtol=1e-5, atol=1e-6)
+  _, direct = model.apply(variables, resnet.normalize_images(images[8:]), train=False)
+  np.testing.assert_allclose(emb[8:], np.asarray(direct), rtol=1e-5, atol=1e-6)
+
+
+def test_params_hash_sees_every_change(tiny_model_and_variables):
+  _, variables = tiny_model_and_variables
+  h = embeddings.params_hash(variables)
+  assert h == embeddings.params_hash(jax.tree.map(np.asarray, variables))
+  changed = jax.tree.map(np.array, variables)
+  changed["params"]["head_out"]["bias"][0] += 1e-6
+  assert embeddings.params_hash(changed) != h
+  changed = jax.tree.map(np.array, variables)
+  changed["batch_stats"]["backbone"]["bn1"]["var"][0] += 1e-6
+  assert embeddings.params_hash(changed) != h
+
+
+def test_cache_miss_hit_and_keys(tmp_path):
+  calls = []
+
+  def compute(value=1.0):
+    def fn():
+      calls.append(value)
+      return embeddings.Embeddings(np.full((5, 8), value, np.float32),
+                                   np.array([1, -1, -1, 1, -1]), {"source": "fake"},
+                                   np.arange(5))
+    return fn
+
+  key = dict(dataset="cifar10", split="val", latent_dim=8, checkpoint_hash="ab" * 32)
+  first = embeddings.cached_embeddings(tmp_path, **key, compute_fn=compute())
+  assert calls == [1.0]
+  again = embeddings.cached_embeddings(tmp_path, **key, compute_fn=compute(2.0))
+  assert calls == [1.0]  # hit: compute_fn not called
+  np.testing.assert_array_equal(again.embeddings, first.embeddings)
+  np.testing.assert_array_equal(again.labels, [1, -1, -1, 1, -1])
+  np.testing.assert_array_equal(again.index, np.arange(5))
+  assert again.provenance == {"source": "fake"}
+
+  for change in (dict(dataset="celeba-Blond_Hair"), dict(split="test"),
+                 dict(checkpoint_hash="cd" * 32)):
+    embeddings.cached_embeddings(tmp_path, **{**key, **change}, compute_fn=compute(3.0))
+  assert calls == [1.0, 3.0, 3.0, 3.0]
+  with pytest.raises(ValueError, match=r"compute_fn: expected embeddings \[N, 16\]"):
+    embeddings.cached_embeddings(tmp_path, **{**key, "latent_dim": 16}, compute_fn=compute())
+  assert calls[-1] == 1.0  # a new latent_dim missed (and was checked)
+  assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp") or f.endswith(".tmp")]
+  assert len(os.listdir(tmp_path)) == 4
+
+
+def test_train_backbone_main_smoke(tmp_path, monkeypatch):
+  from experiments import train_backbone  # pylint: disable=g-import-not-at-top
+  data = fake_dataset()
+  summary = train_backbone.main(["--config", "tiny", "--workdir", str(tmp_path)], dataset=data)
+  for split in ("train", "val", "test"):
+    with np.load(summary["embeddings"][split]) as f:
+      n = len(getattr(data, split).labels)
+      assert f["embeddings"].shape == (n, configs.tiny().latent_dim)
+      assert json.loads(str(f["provenance"]))["split"] == split
+  assert os.path.exists(tmp_path / "metrics.json")
+  # A second run finds the checkpoint (nothing to train) and every embedding in the cache.
+  monkeypatch.setattr(embeddings, "extract_embeddings",
+                      lambda *a, **k: pytest.fail("cache miss on rerun"))
+  again = train_backbone.main(["--config", "tiny", "--workdir", str(tmp_path)], dataset=data)
+  assert again["checkpoint_hash"] == summary["checkpoint_hash"]

@@ -1,0 +1,188 @@
+"""ResNet shapes; the torchvision checkpoint conversion against a torch.nn.functional forward."""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from thumb_jax.images import resnet, torch_convert
+
+STAGES34 = (3, 4, 6, 3)
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  model = resnet.ResNetTiny(latent_dim=16)
+  x = jax.random.normal(jax.random.key(0), (3, 16, 16, 3))
+  # rbg keys: XLA:CPU compiles threefry's bit generation slowly (see configs.prng_impl).
+  variables = jax.jit(lambda k, x: model.init(k, x, train=False))(
+      jax.random.key(1, impl="rbg"), x)
+  return model, variables, x
+
+
+def test_tiny_shapes_train_and_eval(tiny):
+  model, variables, x = tiny
+  logits, emb = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  assert logits.shape == (3, 2) and emb.shape == (3, 16)
+  assert logits.dtype == jnp.float32 and emb.dtype == jnp.float32
+  assert np.all(np.asarray(emb) >= 0)  # after ReLU
+  (logits_t, emb_t), updates = jax.jit(lambda v, x, k: model.apply(
+      v, x, train=True, mutable=["batch_stats"], rngs={"dropout": k}))(
+          variables, x, jax.random.key(2, impl="rbg"))
+  assert logits_t.shape == (3, 2) and emb_t.shape == (3, 16)
+  assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(
+      variables["batch_stats"])
+  # Stage 2 of the tiny model halves the size and has a 1x1 downsample shortcut.
+  assert "downsample_conv" in variables["params"]["backbone"]["layer2_0"]
+  assert "downsample_conv" not in variables["params"]["backbone"]["layer1_0"]
+
+
+def test_tiny_bf16_outputs_float32(tiny):
+  _, variables, x = tiny
+  model = resnet.ResNetTiny(latent_dim=16, dtype=jnp.bfloat16)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(shapes["params"]))
+  logits, emb = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  assert logits.dtype == jnp.float32 and emb.dtype == jnp.float32
+  # bf16 compute tracks the float32 model to bf16 precision (8 bits of mantissa).
+  _, emb32 = tiny[0].apply(variables, x, train=False)
+  np.testing.assert_allclose(emb, emb32, rtol=5e-2, atol=5e-2 * float(jnp.max(emb32)))
+
+
+def test_bad_input_shape_raises():
+  model = resnet.ResNetTiny()
+  with pytest.raises(ValueError, match="x: expected shape"):
+    model.init(jax.random.key(0), jnp.zeros((2, 16, 16)), train=False)
+
+
+@pytest.mark.parametrize("latent_dim", [128, 512])
+def test_resnet34_shapes_eval_shape(latent_dim):
+  model = resnet.ResNet34(latent_dim=latent_dim)
+  x = jax.ShapeDtypeStruct((4, 224, 224, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+  logits, emb = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
+  assert logits.shape == (4, 2) and emb.shape == (4, latent_dim)
+  # torchvision resnet34 has 21,797,672 parameters, of which fc has 512 * 1000 + 1000.
+  assert _count(variables["params"]["backbone"]) == 21_797_672 - 513_000
+  assert _count(variables["params"]) - _count(variables["params"]["backbone"]) == (
+      512 * latent_dim + latent_dim + latent_dim * 2 + 2)
+  stages = [k for k in variables["params"]["backbone"] if k.startswith("layer")]
+  assert len(stages) == sum(STAGES34)
+
+
+# ------------------------------------------------------------------ torchvision conversion
+
+def _torchvision_resnet34_state_dict(torch, seed=0):
+  """Random tensors under torchvision resnet34's state_dict names and shapes."""
+  g = torch.Generator().manual_seed(seed)
+  sd = {}
+
+  def conv(name, cout, cin, k):
+    sd[f"{name}.weight"] = torch.randn(cout, cin, k, k, generator=g) * (2.0 / (cin * k * k))**0.5
+
+  def bn(name, c):
+    sd[f"{name}.weight"] = 1.0 + 0.2 * torch.randn(c, generator=g)
+    sd[f"{name}.bias"] = 0.2 * torch.randn(c, generator=g)
+    sd[f"{name}.running_mean"] = 0.2 * torch.randn(c, generator=g)
+    sd[f"{name}.running_var"] = 0.5 + torch.rand(c, generator=g)
+    sd[f"{name}.num_batches_tracked"] = torch.tensor(100)
+
+  conv("conv1", 64, 3, 7)
+  bn("bn1", 64)
+  cin = 64
+  for s, n in enumerate(STAGES34):
+    cout = 64 * 2**s
+    for i in range(n):
+      p = f"layer{s + 1}.{i}"
+      conv(f"{p}.conv1", cout, cin if i == 0 else cout, 3)
+      bn(f"{p}.bn1", cout)
+      conv(f"{p}.conv2", cout, cout, 3)
+      bn(f"{p}.bn2", cout)
+      if i == 0 and s > 0:
+        conv(f"{p}.downsample.0", cout, cin, 1)
+        bn(f"{p}.downsample.1", cout)
+    cin = cout
+  sd["fc.weight"] = torch.randn(1000, 512, generator=g) * 0.01
+  sd["fc.bias"] = torch.zeros(1000)
+  return sd
+
+
+def _torch_features(torch, sd, x):
+  """torchvision resnet34 forward up to the pooled features, eval mode, NCHW input."""
+  F = torch.nn.functional
+
+  def bn(y, p):
+    return F.batch_norm(y, sd[f"{p}.running_mean"], sd[f"{p}.running_var"], sd[f"{p}.weight"],
+                        sd[f"{p}.bias"], training=False, eps=1e-5)
+
+  y = F.relu(bn(F.conv2d(x, sd["conv1.weight"], stride=2, padding=3), "bn1"))
+  y = F.max_pool2d(y, 3, stride=2, padding=1)
+  for s, n in enumerate(STAGES34):
+    for i in range(n):
+      p = f"layer{s + 1}.{i}"
+      stride = 2 if (i == 0 and s > 0) else 1
+      out = F.relu(bn(F.conv2d(y, sd[f"{p}.conv1.weight"], stride=stride, padding=1), f"{p}.bn1"))
+      out = bn(F.conv2d(out, sd[f"{p}.conv2.weight"], padding=1), f"{p}.bn2")
+      if f"{p}.downsample.0.weight" in sd:
+        y = bn(F.conv2d(y, sd[f"{p}.downsample.0.weight"], stride=stride), f"{p}.downsample.1")
+      y = F.relu(out + y)
+  return torch.flatten(F.adaptive_avg_pool2d(y, 1), 1)
+
+
+def test_torchvision_checkpoint_matches_torch_forward(tmp_path):
+  torch = pytest.importorskip("torch")
+  sd = _torchvision_resnet34_state_dict(torch)
+  path = tmp_path / "resnet34-b627a593.pth"
+  torch.save(sd, path)
+
+  backbone = torch_convert.load_torchvision_backbone(path)
+  x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+  ours = jax.jit(lambda v, x: resnet.Backbone(STAGES34).apply(v, x, train=False))(backbone, x)
+  with torch.no_grad():
+    ref = _torch_features(torch, sd, torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  assert ours.shape == ref.shape == (2, 512)
+  # float32 through 33 conv layers: agreement to 1e-4 relative to the features' scale.
+  scale = float(np.max(np.abs(ref)))
+  np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-4, atol=1e-4 * scale)
+
+  # Into the full model: the backbone is replaced, the head is kept.
+  model = resnet.ResNet34(latent_dim=128)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
+                                             train=False))
+  variables = jax.tree.map(lambda s: jnp.full(s.shape, 0.5, s.dtype), shapes)
+  merged = torch_convert.with_backbone(variables, backbone)
+  np.testing.assert_array_equal(merged["params"]["head_out"]["kernel"],
+                                variables["params"]["head_out"]["kernel"])
+  np.testing.assert_array_equal(merged["params"]["backbone"]["conv1"]["kernel"],
+                                sd["conv1.weight"].numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+      merged["batch_stats"]["backbone"]["layer4_0"]["downsample_bn"]["var"],
+      sd["layer4.0.downsample.1.running_var"].numpy())
+
+
+def test_missing_and_misshapen_keys_are_named(tmp_path):
+  torch = pytest.importorskip("torch")
+  sd = _torchvision_resnet34_state_dict(torch)
+  del sd["layer3.2.bn1.running_var"]
+  del sd["layer4.0.downsample.0.weight"]
+  torch.save(sd, tmp_path / "broken.pth")
+  with pytest.raises(ValueError, match=r"missing 2: \['layer3.2.bn1.running_var', "
+                                       r"'layer4.0.downsample.0.weight'\]"):
+    torch_convert.load_torchvision_backbone(tmp_path / "broken.pth")
+  sd = _torchvision_resnet34_state_dict(torch)
+  sd["bn1.weight"] = torch.ones(32)
+  with pytest.raises(ValueError, match="'bn1.weight' has shape"):
+    torch_convert.backbone_variables_from_state_dict(
+        {k: v.numpy() for k, v in sd.items()})
+
+
+def test_missing_torch_gives_clear_error(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)
+  with pytest.raises(ImportError, match="needs PyTorch"):
+    torch_convert.load_torch_state_dict(tmp_path / "x.pth")
