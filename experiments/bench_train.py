@@ -117,7 +117,7 @@ def bench_torch(*, image_size: int, batch_size: int, steps: int, warmup: int) ->
   return {"framework": f"torch {torch.__version__}", "device": "cpu", "image_size": image_size,
           "batch_size": batch_size, "dtype": "float32", "steps": steps, "seconds": seconds,
           "images_per_second": steps * batch_size / seconds, "threads": torch.get_num_threads(),
-          "loss": float(loss)}
+          "loss": float(loss.detach())}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -111,6 +111,10 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     metrics = json.load(f)
   assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
   assert metrics["test"]["n"] == 12 and 0.0 <= metrics["test"]["err_plus"] <= 1.0
+  # Resuming with a different config (beyond epochs) is allowed but warned about.
+  with pytest.warns(UserWarning, match=r"differs from the saved one in \['learning_rate'\]"):
+    train.train_and_evaluate(dataclasses.replace(config, learning_rate=0.5),
+                             str(tmp_path / "resumed"), dataset=data)
   with open(tmp_path / "full" / "metrics.json") as f:
     full_metrics = json.load(f)
   assert full_metrics["epochs"][1]["train_loss"] == pytest.approx(

@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from typing import Any, Iterator, NamedTuple
 
 import jax
@@ -388,7 +389,16 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset=None) -> TrainSt
   if start_epoch and os.path.exists(metrics_path):
     with open(metrics_path) as f:
       history = [h for h in json.load(f)["epochs"] if h["epoch"] <= start_epoch]
-  _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  config_path = os.path.join(workdir, "config.json")
+  if start_epoch and os.path.exists(config_path):
+    with open(config_path) as f:
+      saved = json.load(f)
+    changed = sorted(k for k, v in json.loads(json.dumps(config.to_dict())).items()
+                     if k != "epochs" and saved.get(k) != v)
+    if changed:
+      warnings.warn(f"workdir: resuming {workdir} at epoch {start_epoch} with a config that "
+                    f"differs from the saved one in {changed}")
+  _write_json(config_path, config.to_dict())
 
   train_fn, eval_fn = jitted_steps(**augmentation_for(config),
                                    donate=jax.default_backend() != "cpu")
