@@ -1,0 +1,120 @@
+"""WeightedLeastSquaresClassifier: scikit-learn conformance and agreement with the solvers."""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.linear_model import RidgeClassifier
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from thumb_jax import lls, recommend
+from thumb_jax.sklearn import WeightedLeastSquaresClassifier
+
+ESTIMATORS = [
+    WeightedLeastSquaresClassifier(),
+    WeightedLeastSquaresClassifier(class_weight="theory", ridge=1e-3),
+]
+
+
+def _expected_failed_checks(estimator):
+  """None at present: the binary-only tag (classifier_tags.multi_class = False) makes
+  scikit-learn 1.9 run its classifier checks on binary data and check the binary-only
+  error message instead, and a {label: weight} dict class_weight is supported.
+  """
+  return {}
+
+
+@parametrize_with_checks(ESTIMATORS, expected_failed_checks=_expected_failed_checks)
+def test_sklearn_conformance(estimator, check):
+  # class_weight="theory" on the checks' tiny random data often has no detectable class
+  # signal and falls back to "priors" with a UserWarning, by design.
+  with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "class_weight='theory' undefined", UserWarning)
+    check(estimator)
+
+
+def _data(seed=0, n=200, d=6, pi_plus=0.2, shift=1.0):
+  rng = np.random.default_rng(seed)
+  y = np.where(np.arange(n) < pi_plus * n, 1.0, -1.0)
+  x = rng.standard_normal((n, d)) + shift * y[:, None] * np.linspace(1, 0, d) + 3.0
+  return x, y
+
+
+@pytest.mark.parametrize("ridge", [0.0, 0.05])
+def test_matches_ridge_classifier_with_class_weights(ridge):
+  """Same objective as RidgeClassifier(alpha = ridge * n, class_weight={+1: w, -1: 1})."""
+  x, y = _data()
+  ours = WeightedLeastSquaresClassifier(class_weight=3.0, ridge=ridge).fit(x, y)
+  ref = RidgeClassifier(alpha=ridge * len(y), class_weight={1.0: 3.0, -1.0: 1.0},
+                        solver="svd").fit(x, y)
+  np.testing.assert_allclose(ours.coef_.ravel(), ref.coef_.ravel(), rtol=2e-3, atol=1e-5)
+  np.testing.assert_allclose(ours.intercept_.ravel(), np.ravel(ref.intercept_), rtol=2e-3, atol=1e-5)
+  np.testing.assert_array_equal(ours.predict(x), ref.predict(x))
+  # "priors" = scikit-learn's "balanced" at ridge 0 (only the ratio matters there).
+  if ridge == 0:
+    ours = WeightedLeastSquaresClassifier(class_weight="priors").fit(x, y)
+    ref = RidgeClassifier(alpha=0.0, class_weight="balanced", solver="svd").fit(x, y)
+    np.testing.assert_allclose(ours.coef_.ravel(), ref.coef_.ravel(), rtol=2e-3, atol=1e-5)
+    assert ours.weight_ == pytest.approx(4.0)
+
+
+def test_matches_lls_fit_and_orientation():
+  """Minority = +1 internally; decision_function > 0 always means classes_[1]."""
+  x, y = _data(1)
+  layer = lls.fit(np.asarray(x - x.mean(0), np.float32), np.asarray(y, np.float32), 2.5,
+                  ridge=0.01)
+  # Minority label "b" sorts last: scores keep the sign of the +1 fit.
+  clf = WeightedLeastSquaresClassifier(class_weight=2.5, ridge=0.01).fit(
+      x, np.where(y > 0, "b", "a"))
+  assert clf.minority_ == "b" and list(clf.classes_) == ["a", "b"]
+  np.testing.assert_allclose(clf.coef_[0], np.asarray(layer.w), rtol=1e-3, atol=1e-5)
+  # Minority label "a" sorts first: the same fit with the sign flipped.
+  flipped = WeightedLeastSquaresClassifier(class_weight=2.5, ridge=0.01).fit(
+      x, np.where(y > 0, "a", "b"))
+  assert flipped.minority_ == "a"
+  np.testing.assert_allclose(flipped.coef_, -clf.coef_, rtol=1e-6)
+  np.testing.assert_array_equal(flipped.predict(x) == "a", clf.predict(x) == "b")
+  # A dict class_weight is the same minimizer as (c_+ / c_-, ridge / c_-).
+  as_dict = WeightedLeastSquaresClassifier(class_weight={"b": 5.0, "a": 2.0}, ridge=0.02).fit(
+      x, np.where(y > 0, "b", "a"))
+  np.testing.assert_allclose(as_dict.coef_, clf.coef_, rtol=2e-3, atol=1e-6)
+  assert as_dict.weight_ == pytest.approx(2.5)
+
+
+def test_theory_weight_uses_recommendation():
+  x, y = _data(2, n=400, d=8)
+  clf = WeightedLeastSquaresClassifier(class_weight="theory", ridge=1e-3,
+                                       objective="balanced", dimension="ambient").fit(x, y)
+  rec = recommend.recommend_weight(x, y, ridge=1e-3, objective="balanced", dimension="ambient")
+  assert clf.recommendation_.weight == pytest.approx(rec.weight)
+  assert clf.weight_ == pytest.approx(rec.weight)
+  assert WeightedLeastSquaresClassifier().fit(x, y).recommendation_ is None
+  # No detectable signal: falls back to the ratio of priors with a warning.
+  x0 = np.random.default_rng(0).standard_normal((40, 3))
+  y0 = np.where(np.arange(40) < 10, 1, 0)
+  x0[y0 == 1] -= x0[y0 == 1].mean(0)
+  x0[y0 == 0] -= x0[y0 == 0].mean(0)
+  with pytest.warns(UserWarning, match="using 'priors'"):
+    clf = WeightedLeastSquaresClassifier(class_weight="theory", ridge=0.1).fit(x0, y0)
+  assert clf.weight_ == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"class_weight": 0.0}, "class_weight: expected"),
+    ({"class_weight": "balanced"}, "class_weight: expected"),
+    ({"ridge": -1.0}, "ridge: expected"),
+    ({"objective": "mean"}, "objective: expected"),
+    ({"class_weight": {1.0: 2.0}}, "no weight for labels"),
+])
+def test_bad_parameters(params, match):
+  x, y = _data(3, n=40)
+  with pytest.raises(ValueError, match=match):
+    WeightedLeastSquaresClassifier(**params).fit(x, y)
+
+
+def test_multiclass_and_one_class_rejected():
+  x = np.random.default_rng(0).standard_normal((30, 2))
+  with pytest.raises(ValueError, match="Only binary classification is supported"):
+    WeightedLeastSquaresClassifier().fit(x, np.repeat([0, 1, 2], 10))
+  with pytest.raises(ValueError, match="only one class"):
+    WeightedLeastSquaresClassifier().fit(x, np.zeros(30))

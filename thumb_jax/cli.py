@@ -1,0 +1,172 @@
+"""Command line: a theory-guided class weight for embeddings stored on disk.
+
+    python -m thumb_jax.cli recommend --features emb.npz [--features-key x --labels-key y] \\
+        [--ridge 0] [--objective worst] [--dimension participation] [--bootstrap 200] \\
+        [--out report.json]
+    python -m thumb_jax.cli recommend --features X.npy --labels y.npy ...
+
+Input: an .npz holding features [n, d] and labels [n] (keys given, or the first of
+x / features / embeddings and y / labels / targets that exists), or an .npy of features
+with --labels (.npy, or .npz with --labels-key). Prints the recommendation and writes
+it as strict JSON (NaN -> null) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from thumb_jax import recommend
+
+FEATURE_KEYS = ("x", "features", "embeddings")
+LABEL_KEYS = ("y", "labels", "targets")
+
+
+def _pick(archive, key: str | None, candidates: Sequence[str], what: str, path) -> np.ndarray:
+  names = list(archive.keys())
+  if key is not None:
+    if key not in names:
+      raise ValueError(f"--{what}-key: {key!r} is not in {path} (it holds {names})")
+    return archive[key]
+  for name in candidates:
+    if name in names:
+      return archive[name]
+  raise ValueError(f"{path}: found none of {list(candidates)} for the {what} (it holds "
+                   f"{names}); name the array with --{what}-key")
+
+
+def _load(path: str, key: str | None, candidates: Sequence[str], what: str) -> np.ndarray:
+  if not os.path.exists(path):
+    raise ValueError(f"--{what}: no such file {path!r}")
+  if path.endswith(".npz"):
+    with np.load(path, allow_pickle=False) as archive:
+      return _pick(archive, key, candidates, what, path)
+  if path.endswith(".npy"):
+    return np.load(path, allow_pickle=False)
+  raise ValueError(f"--{what}: expected a .npz or .npy file, got {path!r}")
+
+
+def load_retraining_set(features: str, labels: str | None = None, *,
+                        features_key: str | None = None,
+                        labels_key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Reads (features [n, d], labels [n]) as described in the module docstring."""
+  x = _load(features, features_key, FEATURE_KEYS, "features")
+  if labels is None:
+    if not features.endswith(".npz"):
+      raise ValueError("--labels: required when --features is an .npy file")
+    y = _load(features, labels_key, LABEL_KEYS, "labels")
+  else:
+    y = _load(labels, labels_key, LABEL_KEYS, "labels")
+  return x, y
+
+
+def _dimension(text: str):
+  if text in ("participation", "effective_rank", "ambient", "whitened"):
+    return text
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+        f"expected participation, effective_rank, ambient, whitened or a positive number, "
+        f"got {text!r}")
+  return int(value) if value.is_integer() else value
+
+
+def _strict(obj):
+  """NaN / inf -> None, recursively (strict JSON)."""
+  if isinstance(obj, dict):
+    return {k: _strict(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_strict(v) for v in obj]
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
+
+
+def _write_json(path: Path, payload: dict) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(_strict(payload), f, indent=1, allow_nan=False)
+      f.write("\n")
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+
+
+def summary(rec: recommend.Recommendation) -> str:
+  """A few human-readable lines."""
+  e, pe = rec.errors, rec.prior_errors
+  lines = [
+      f"classes: +1 (minority) = {rec.labels.plus!r} [{rec.count_plus}], "
+      f"-1 (majority) = {rec.labels.minus!r} [{rec.count_minus}]",
+      f"effective dimension {rec.dimension:.1f} of {rec.ambient_dim}, "
+      f"delta_eff = {rec.delta:.3f}, ridge = {rec.ridge:g}",
+      f"recommended minority weight ({rec.objective}): {rec.weight:.4g}"
+      + (f"  [{100 * rec.level:.0f}% bootstrap interval {rec.interval[0]:.4g} .. "
+         f"{rec.interval[1]:.4g}, B = {rec.bootstrap_weights.shape[0]}]"
+         if rec.bootstrap_weights.shape[0] else ""),
+      f"  predicted errors: minority {float(e.err_plus):.4f}, majority {float(e.err_minus):.4f}"
+      + ("\n  (at the end of the searched range: the predicted objective keeps improving "
+         "beyond it)" if rec.at_search_limit else ""),
+      f"ratio of priors {rec.prior_weight:.4g}: predicted minority {float(pe.err_plus):.4f}, "
+      f"majority {float(pe.err_minus):.4f}",
+  ]
+  return "\n".join(lines)
+
+
+def _recommend(args) -> dict:
+  x, y = load_retraining_set(args.features, args.labels, features_key=args.features_key,
+                             labels_key=args.labels_key)
+  rec = recommend.recommend_weight(x, y, ridge=args.ridge, objective=args.objective,
+                                   dimension=args.dimension, bootstrap=args.bootstrap,
+                                   seed=args.seed)
+  print(summary(rec))
+  report = {"input": {"features": args.features, "labels": args.labels,
+                      "features_key": args.features_key, "labels_key": args.labels_key,
+                      "shape": list(np.shape(x))},
+            "recommendation": rec.as_dict()}
+  if args.out:
+    _write_json(Path(args.out), report)
+    print(f"wrote {args.out}")
+  return report
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  """Entry point; returns the report (for tests). Exits with status 2 on bad input."""
+  parser = argparse.ArgumentParser(prog="python -m thumb_jax.cli",
+                                   description=__doc__.split("\n\n")[0])
+  commands = parser.add_subparsers(dest="command", required=True)
+  rec = commands.add_parser("recommend", help="theory-guided minority class weight")
+  rec.add_argument("--features", required=True, help=".npz or .npy with features [n, d]")
+  rec.add_argument("--labels", help=".npy (or .npz) with labels [n]; default: from --features")
+  rec.add_argument("--features-key", help="array name in the .npz (default: x/features/embeddings)")
+  rec.add_argument("--labels-key", help="array name in the .npz (default: y/labels/targets)")
+  rec.add_argument("--ridge", type=float, default=0.0, help="ridge >= 0 (penalty ridge*n*|w|^2)")
+  rec.add_argument("--objective", choices=("worst", "balanced"), default="worst")
+  rec.add_argument("--dimension", type=_dimension, default="participation",
+                   help="participation | effective_rank | ambient | whitened | a positive number")
+  rec.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples (0: none)")
+  rec.add_argument("--seed", type=int, default=0)
+  rec.add_argument("--out", help="JSON report path")
+  args = parser.parse_args(argv)
+  try:
+    return _recommend(args)
+  except ValueError as err:
+    parser.exit(2, f"error: {err}\n")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
