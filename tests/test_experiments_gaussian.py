@@ -1,0 +1,258 @@
+"""Tests for the experiment helpers, the Gaussian simulation sweep and every entry point.
+
+Entry points are smoke-tested by calling `main` with a tiny config (`--quick`) into
+tmp_path; each checks its JSON and PNGs, that the numbers are finite where they must be,
+and that theory and simulation agree within a loose stated tolerance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import bench, common, downsampling, error_vs_delta, error_vs_weight, gaussian, ridge
+from thumb_jax import lls, metrics
+from thumb_jax import mixture as mixture_lib
+from thumb_jax.mixture import GaussianMixture
+
+# Quick configs use d = 64..96 and 4 seeds. Finite-d bias of the asymptotic theory is
+# O(1/sqrt(d)) ~ 0.1 in the worst corners (delta near 1, small minority counts) and the
+# 95% interval half-widths reach ~0.05, so mean |sim - theory| must stay below 0.15 and
+# the average gap below 0.05.
+MAX_GAP = 0.15
+MEAN_GAP = 0.05
+
+
+def load(path: Path) -> dict:
+  text = path.read_text()
+  assert "NaN" not in text and "Infinity" not in text, "JSON must be strict (NaN -> null)"
+  return json.loads(text)
+
+
+def all_numbers(tree):
+  if isinstance(tree, dict):
+    for v in tree.values():
+      yield from all_numbers(v)
+  elif isinstance(tree, list):
+    for v in tree:
+      yield from all_numbers(v)
+  elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+    yield tree
+
+
+def assert_finite(tree, what):
+  values = list(all_numbers(tree))
+  assert values, f"{what}: no numbers"
+  assert all(math.isfinite(v) for v in values), f"{what}: non-finite values"
+
+
+# ----------------------------------------------------------------------------- common
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+  a: int = 1
+  b: float = 0.5
+  c: tuple[float, ...] = (1.0,)
+  flag: bool = False
+  name: str = "x"
+  maybe: int | None = None
+
+
+def test_override_parses_by_field_type():
+  cfg = common.override(_Cfg(), ["a=3", "b=1e-3", "c=0.1, 0.2", "flag=true", "name=y",
+                                 "maybe=4"])
+  assert cfg == _Cfg(3, 1e-3, (0.1, 0.2), True, "y", 4)
+  assert common.override(_Cfg(maybe=2), ["maybe=none"]).maybe is None
+
+
+@pytest.mark.parametrize("pair, message", [("zz=1", "unknown key"), ("a", "key=value"),
+                                           ("a=1.5", "--set a"), ("flag=maybe", "boolean")])
+def test_override_rejects_bad_input(pair, message):
+  with pytest.raises(ValueError, match=message):
+    common.override(_Cfg(), [pair])
+
+
+def test_parse_args_quick_then_set(tmp_path):
+  cfg, out = common.parse_args(["--out", str(tmp_path / "o"), "--quick", "--set", "a=7"], _Cfg(),
+                               quick=lambda c: dataclasses.replace(c, a=2, b=9.0))
+  assert (cfg.a, cfg.b) == (7, 9.0) and out.is_dir()
+
+
+def test_write_json_is_atomic_and_strict(tmp_path):
+  path = common.save_results(tmp_path / "r.json", config=_Cfg(),
+                             results={"x": np.array([1.0, np.nan]), "y": jnp.float32(2.0)})
+  payload = load(path)
+  assert payload["results"] == {"x": [1.0, None], "y": 2.0}
+  assert payload["config"]["c"] == [1.0] and "jax" in payload["platform"]
+  assert [p.name for p in tmp_path.iterdir()] == ["r.json"]        # no temp file left
+
+
+def test_write_csv(tmp_path):
+  path = common.write_csv(tmp_path / "t.csv", [{"a": 1, "b": np.nan}, {"a": 2, "b": 0.5}])
+  assert path.read_text().splitlines() == ["a,b", "1,", "2,0.5"]
+
+
+# ----------------------------------------------------------------------------- simulation core
+
+MIXTURE = GaussianMixture.symmetric(pi_plus=0.2, mean_norm=1.5)
+
+
+def test_pool_labels_match_sample():
+  _, y = mixture_lib.sample(jax.random.key(0), MIXTURE, n=37, d=4)
+  np.testing.assert_array_equal(gaussian.pool_labels(MIXTURE, 37), np.asarray(y))
+
+
+def test_downsample_masks_balance_classes():
+  y = gaussian.pool_labels(MIXTURE, 200)
+  masks = np.asarray(gaussian.downsample_masks(y, [200, 100], MIXTURE.pi_plus))
+  plus = y > 0
+  for mask, n in zip(masks, [200, 100]):
+    n_plus = mixture_lib.class_counts(n, MIXTURE.pi_plus)[0]
+    assert mask[plus].sum() == n_plus and mask[~plus].sum() == n_plus
+
+
+def _sweep_inputs(d, sizes, weights, ridges):
+  y = gaussian.pool_labels(MIXTURE, max(sizes))
+  masks = mixture_lib.nested_masks(y, sizes, pi_plus=MIXTURE.pi_plus)
+  return masks, jnp.tile(jnp.asarray(weights, jnp.float32), (len(sizes), 1)), jnp.asarray(
+      ridges, jnp.float32)
+
+
+def test_sweep_does_not_retrace_for_new_data():
+  d = 8
+  @chex.assert_max_traces(n=1)
+  def one(key, masks, weights, ridges):
+    return gaussian.simulate_seed(key, masks, weights, ridges, mixture=MIXTURE, d=d)
+
+  sweep = jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
+  first = sweep(gaussian.seed_keys(0, 3), *_sweep_inputs(d, [40, 20], [1.0, 4.0], [0.0, 0.1]))
+  second = sweep(gaussian.seed_keys(1, 3), *_sweep_inputs(d, [40, 16], [2.0, 3.0], [0.5, 0.0]))
+  assert first.err_plus.shape == second.err_plus.shape == (3, 2, 2)
+  assert not np.allclose(first.err_plus, second.err_plus)
+  # The cached sweep of the experiments behaves the same way.
+  cached = gaussian.make_sweep(MIXTURE, d=d)
+  for seed in range(2):
+    cached(gaussian.seed_keys(seed, 3), *_sweep_inputs(d, [40, 20], [1.0 + seed, 4.0], [0.0, 0.1]))
+  assert cached._cache_size() == 1
+  assert gaussian.make_sweep(MIXTURE, d=d) is cached
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_sweep_matches_direct_fit_and_exact_errors(x64):
+  d, sizes, weights, ridges = 6, [48, 24], [0.5, 4.0], [0.0, 0.2]
+  with jax.enable_x64(x64):
+    keys = gaussian.seed_keys(3, 2)
+    masks, w, r = _sweep_inputs(d, sizes, weights, ridges)
+    got = jax.jit(jax.vmap(functools.partial(gaussian.simulate_seed, mixture=MIXTURE, d=d),
+                           in_axes=(0, None, None, None)))(keys, masks, w, r)
+    mu_p, mu_m = mixture_lib.means(MIXTURE, d)
+    for s in range(2):
+      x, y = mixture_lib.sample(keys[s], MIXTURE, n=max(sizes), d=d)
+      for i in range(len(sizes)):
+        for k, weight in enumerate(weights):
+          layer = lls.fit(x, y, weight, ridge=ridges[i], mask=masks[i])
+          want = metrics.gaussian_class_errors(layer, mu_p, mu_m)
+          tol = 1e-8 if x64 else 2e-4  # sweep vs direct solve: different factorizations
+          np.testing.assert_allclose(got.err_plus[s, i, k], want.err_plus, atol=tol, rtol=tol)
+          np.testing.assert_allclose(got.err_minus[s, i, k], want.err_minus, atol=tol, rtol=tol)
+
+
+def test_interpolator_rows_ignore_the_weight():
+  """Ridge 0 and n < d: lls returns the min-norm interpolator for every weight."""
+  d = 24
+  masks, w, r = _sweep_inputs(d, [16], [0.5, 3.0, 50.0], [0.0])
+  errors = gaussian.run_sweep(MIXTURE, gaussian.seed_keys(0, 2), d=d, masks=masks, weights=w,
+                              ridges=r)
+  np.testing.assert_allclose(np.ptp(errors.err_plus, axis=-1), 0.0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+def _check_outputs(out: Path, pngs, csv):
+  for name in pngs:
+    assert (out / name).stat().st_size > 1000, name
+  assert (out / csv).read_text().count("\n") > 1
+  payload = load(out / "results.json")
+  assert payload["config"] and payload["platform"]["backend"] == "cpu"
+  return payload
+
+
+def test_error_vs_delta_main(tmp_path):
+  out = tmp_path / "evd"
+  error_vs_delta.main(["--out", str(out), "--quick"])
+  res = _check_outputs(out, ["error_vs_delta.png"], "error_vs_delta.csv")["results"]
+  for per in res["per_prior"]:
+    assert_finite(per["simulation"], "simulation")
+    assert_finite(per["theory"], "theory")
+    assert per["agreement"]["max_abs_gap"] < MAX_GAP
+    assert per["agreement"]["mean_abs_gap"] < MEAN_GAP
+
+
+def test_error_vs_weight_main(tmp_path):
+  out = tmp_path / "evw"
+  error_vs_weight.main(["--out", str(out), "--quick"])
+  res = _check_outputs(out, ["error_vs_weight.png", "best_weight.png"],
+                       "error_vs_weight.csv")["results"]
+  sim, best = res["simulation"], res["best_weights"]
+  assert_finite(sim, "simulation")
+  assert_finite(best["worst"], "optimal worst-class weight")
+  assert_finite(best["balanced"], "optimal balanced weight")
+  # The equal-error weight is null where none exists, finite (and positive) where it does.
+  eq = best["equal_error"]["weight"]
+  assert any(v is None for v in eq) and all(v is None or v > 0 for v in eq)
+  assert sim["agreement"]["max_abs_gap"] < MAX_GAP
+  assert sim["agreement"]["mean_abs_gap"] < MEAN_GAP
+
+
+def test_downsampling_main(tmp_path):
+  out = tmp_path / "ds"
+  downsampling.main(["--out", str(out), "--quick"])
+  res = _check_outputs(out, ["downsampling.png"], "downsampling.csv")["results"]
+  sim = res["simulation"]
+  for method in downsampling.METHODS:
+    assert_finite(sim[method], method)
+    assert sim["agreement"][method]["max_abs_gap"] < MAX_GAP
+  # The smallest n downsamples into the interpolating regime (delta' > 1).
+  assert max(sim["delta_downsampled"]) > 1
+
+
+def test_ridge_main(tmp_path):
+  out = tmp_path / "ridge"
+  ridge.main(["--out", str(out), "--quick", "--set", "ridges=0,0.1"])
+  res = _check_outputs(out, ["ridge.png"], "ridge.csv")["results"]
+  for panel in res["panels"]:
+    interp, ridged = panel["per_ridge"]
+    assert interp["ridge"] == 0 and interp["max_spread_over_weights"] < 1e-5
+    assert ridged["max_spread_over_weights"] > 0.02
+    for pr in panel["per_ridge"]:
+      assert_finite(pr["err_plus"], "err_plus")
+      assert pr["agreement"]["max_abs_gap"] < MAX_GAP
+
+
+def test_gaussian_main_runs_selected_experiments(tmp_path):
+  payload = gaussian.main(["--out", str(tmp_path), "--quick", "--set", "experiments=ridge",
+                           "--set", "num_seeds=2"])
+  assert set(payload["summary"]) == {"ridge"}
+  assert (tmp_path / "ridge" / "ridge.png").exists()
+  assert load(tmp_path / "summary.json")["config"]["num_seeds"] == 2
+  with pytest.raises(ValueError, match="unknown"):
+    gaussian.main(["--out", str(tmp_path), "--set", "experiments=nope"])
+
+
+def test_bench_main(tmp_path):
+  res = bench.main(["--out", str(tmp_path), "--quick", "--set", "repeats=1"])
+  assert (tmp_path / "bench.txt").exists() and (tmp_path / "bench.csv").exists()
+  load(tmp_path / "results.json")
+  for row in res["table"]:
+    assert row["max_rel_diff_vs_float64"] < 1e-3, row["method"]
+    assert row["median_s"] > 0
+  assert all(t["finite_fraction"] == 1.0 for t in res["theory_throughput"])
