@@ -1,0 +1,100 @@
+"""Benchmark of the whole last-layer retraining sweep (`thumb_jax.retrain`), compile vs run.
+
+  python -m experiments.bench_retrain --out OUT [--quick] [--set dim=512 ...]
+
+Gaussian pool embeddings (minority share `pi_plus`, |mu| = `mean_norm`, mu_- = -mu_+), one
+jitted call over sizes x repeats x weights, with every method of `retrain.sweep` (plug-in
+theory weights per subsample and on the pool, downsampling, the theory overlay). Compile time
+is `lower(...).compile()`; run time is the median of `num_runs` calls after it, each blocked
+until the results are ready. Writes results.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import common
+from thumb_jax import mixture, retrain
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  dim: int = 512
+  pool_size: int = 2048          # largest size: delta = 0.25 at d = 512
+  min_size: int = 128
+  num_sizes: int = 12
+  num_repeats: int = 10
+  num_weights: int = 32
+  test_size: int = 2000
+  pi_plus: float = 0.1
+  mean_norm: float = 2.0
+  ridge: float = 1e-3
+  batch_size: int = 8
+  num_runs: int = 3
+  single_thread_blas: bool = True   # see retrain.single_threaded_blas
+  seed: int = 0
+
+
+def config() -> Config:
+  return Config()
+
+
+def quick(cfg: Config) -> Config:
+  return dataclasses.replace(cfg, dim=32, pool_size=256, min_size=32, num_sizes=4,
+                             num_repeats=3, num_weights=8, test_size=200, num_runs=1)
+
+
+def main(argv=None) -> dict:
+  cfg, out = common.parse_args(argv, config(), quick=quick, description=__doc__)
+  mix = mixture.GaussianMixture.symmetric(pi_plus=cfg.pi_plus, mean_norm=cfg.mean_norm)
+  key_pool, key_test, key_masks = jax.random.split(jax.random.key(cfg.seed), 3)
+  x_pool, y_pool = mixture.sample(key_pool, mix, n=cfg.pool_size, d=cfg.dim)
+  x_test, y_test = mixture.sample(key_test, mix, n=cfg.test_size, d=cfg.dim)
+  sizes = np.unique(np.round(np.geomspace(cfg.min_size, cfg.pool_size, cfg.num_sizes)).astype(int))
+  count_plus, count_minus = retrain.size_counts(y_pool, sizes)
+  weights = jnp.asarray(retrain.log_weights(cfg.num_weights))
+  args = (x_pool, y_pool, x_test, y_test, key_masks, jnp.asarray(count_plus),
+          jnp.asarray(count_minus), weights)
+  static = dict(num_repeats=cfg.num_repeats, ridge=cfg.ridge, objective="worst",
+                dimension="ambient", batch_size=cfg.batch_size,
+                row_buffers=retrain.buffer_lengths(count_plus, count_minus, cfg.pool_size))
+
+  timings: dict = {}
+  blas = retrain.single_threaded_blas() if cfg.single_thread_blas else contextlib.nullcontext()
+  with blas:
+    with common.stopwatch(timings, "lower_s"):
+      lowered = retrain._run_jit.lower(*args, **static)  # pylint: disable=protected-access
+    with common.stopwatch(timings, "compile_s"):
+      compiled = lowered.compile()
+    runs = []
+    for _ in range(cfg.num_runs):
+      start = time.perf_counter()
+      result = jax.block_until_ready(compiled(*args))
+      runs.append(time.perf_counter() - start)
+  timings["run_s"] = runs
+  timings["run_median_s"] = float(np.median(runs))
+  num_fits = len(sizes) * cfg.num_repeats
+  summary = {
+      "sizes": sizes, "num_subsamples": num_fits,
+      "grid_solves": num_fits * cfg.num_weights,
+      "timings": timings,
+      "target_run_s": 5.0,
+      "mean_worst_error_theory": np.asarray(result.methods.theory.errors.worst).mean(axis=1),
+      "mean_worst_error_prior_ratio": np.asarray(result.methods.prior_ratio.errors.worst).mean(axis=1),
+  }
+  print(f"retrain sweep d={cfg.dim} N={cfg.pool_size} sizes={len(sizes)} repeats={cfg.num_repeats} "
+        f"weights={cfg.num_weights}: lower {timings['lower_s']:.1f} s, compile "
+        f"{timings['compile_s']:.1f} s, run {timings['run_median_s']:.2f} s (median of "
+        f"{cfg.num_runs}: {', '.join(f'{r:.2f}' for r in runs)})")
+  common.save_results(out / "results.json", config=cfg, results=summary)
+  return summary
+
+
+if __name__ == "__main__":
+  main()

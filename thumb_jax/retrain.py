@@ -1,0 +1,547 @@
+"""Last-layer retraining sweeps on fixed embeddings: every sample size, repeat and weight at once.
+
+Given a retraining pool (x_pool [N, d], y_pool [N], class +1 = minority) and a test split,
+`sweep` retrains the weighted least-squares last layer (`lls`) on S x R subsamples of the
+pool (S sample sizes, R seeded repeats) for K class weights, plus a few weighting methods
+per subsample, and returns the per-class test errors. Everything is one jitted call:
+
+    masks  = retrain.subsample_masks(key, y_pool, count_plus, count_minus, num_repeats=R)
+    result = jax.jit(retrain.sweep, static_argnames=retrain.STATIC)(
+        x_pool, y_pool, x_test, y_test, masks, weights, ridge=1e-3)
+
+or, from host arrays, `retrain.run(...)` (builds the masks, picks the ridge, jits once per
+shape and returns NumPy arrays).
+
+Subsamples. For size n the subsample keeps n_+ = round(pi n) rows of class +1 and n - n_+ of
+class -1 (`mixture.class_counts`, pi = the pool's minority share: the pool's class balance,
+fixed counts). Repeat r draws one uniformly random order of each class of the pool from
+`fold_in(key, r)`; every size takes the first rows of that order, so within a repeat the
+subsamples are nested (common random numbers across n), across repeats independent. A
+subsample is a 0/1 mask over the pool, never a slice, so every (size, repeat) has the same
+shapes and the whole grid is one vmapped computation (`jax.lax.map` in batches to bound
+memory). The downsampling mask keeps the subsample's n_+ minority rows and the first n_+ of
+its majority rows (balanced, n' = 2 n_+; nested inside the subsample).
+
+Features. The pool and the test split are centred by the pool mean and divided by one scalar,
+feature_scale = sqrt(tr Cov(x_pool) / d). The intercept is unpenalized, so this changes no
+classifier for ridge = 0; for ridge > 0 it makes `ridge` relative to the mean per-coordinate
+variance (ridge lam on the scaled features is lam * feature_scale^2 on the raw ones). The
+returned layers are mapped back to raw coordinates.
+
+Ridge. The objective is sum_i c_i (y_i - w.x_i - b)^2 + ridge * n * |w|^2 (THEORY.md). With
+ridge 0 the fit interpolates for n - 2 < d and the ridgeless theory needs delta = d / n < 1;
+`default_ridge` therefore returns 1e-3 when any size has n < d + 2 and 0 otherwise, one ridge
+for the whole sweep (so curves over n stay comparable).
+
+Methods, per subsample (each evaluated by an extra solve from the subsample's factorization,
+except downsampling, which is its own fit):
+  unweighted            weight 1.
+  prior_ratio           n_- / n_+ (the subsample's ratio of priors; scikit-learn's 'balanced').
+  theory                `theory.optimal_weight` (worst-class objective by default) of the
+                        plug-in isotropic mixture (`recommend.plug_in_stats` / `surrogate`:
+                        debiased squared mean difference, class traces) estimated on the
+                        subsample itself, with delta = d / n (d = the embedding width). This
+                        is what a practitioner holding only the subsample can do.
+  theory_participation  the same with d_eff = the debiased participation ratio of the
+                        subsample's within-class covariance (recommend's default),
+                        delta = d_eff / n.
+  theory_pool           "oracle-ish": the plug-in estimated once on the whole retraining pool
+                        (more data than the subsample has), delta = d / n for the subsample's n.
+  downsample            weight 1 on the balanced downsampled subsample.
+  grid_oracle           the grid weight with the smallest worst-class *test* error, chosen on
+                        the test split (a hindsight lower bound, not a method).
+Where the per-subsample plug-in is undefined (debiased squared mean difference <= 0, or
+ridge 0 with delta >= 1) the theory methods fall back to the prior ratio and `defined` is
+False there. The plug-in never sees the test split (nor the backbone's training split).
+
+Theory overlay. `TheoryCurves` holds the pool plug-in's predicted per-class errors
+(`theory.class_errors` at delta = d / n) for every grid weight and size, its optimal weight,
+and its predictions for the prior ratio and for downsampling, to set beside the measured ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from thumb_jax import lls, mixture, recommend, theory
+from thumb_jax.metrics import ClassErrors, empirical_class_errors
+
+METHODS = ("unweighted", "prior_ratio", "theory", "theory_participation", "theory_pool",
+           "downsample", "grid_oracle")
+STATIC = ("ridge", "objective", "dimension", "batch_size", "row_buffers")
+DEFAULT_RIDGE = 1e-3
+
+
+class Subsamples(NamedTuple):
+  """0/1 masks over the pool for S sizes x R repeats (float, same dtype as the features).
+
+  mask: [S, R, N] the subsample; downsample: [S, R, N] its balanced downsampling;
+  count_plus, count_minus: [S] class counts of each size (int32).
+  """
+  mask: jax.Array
+  downsample: jax.Array
+  count_plus: jax.Array
+  count_minus: jax.Array
+
+
+class MethodResult(NamedTuple):
+  """One weighting method on every subsample.
+
+  weight: [S, R] the class weight used (1 for downsampling).
+  errors: ClassErrors [S, R] measured on the test split.
+  predicted: ClassErrors [S, R] the plug-in theory's prediction for that weight (NaN where
+    the method makes none).
+  layer: LastLayer (w [S, R, d], b [S, R]) in raw feature coordinates.
+  """
+  weight: jax.Array
+  errors: ClassErrors
+  predicted: ClassErrors
+  layer: lls.LastLayer
+
+
+class Methods(NamedTuple):
+  """`MethodResult` per method (module docstring)."""
+  unweighted: MethodResult
+  prior_ratio: MethodResult
+  theory: MethodResult
+  theory_participation: MethodResult
+  theory_pool: MethodResult
+  downsample: MethodResult
+  grid_oracle: MethodResult
+
+
+class TheoryCurves(NamedTuple):
+  """Predictions of the plug-in mixture estimated on the whole pool (delta = d / n).
+
+  mixture: GaussianMixture of scalars (midpoint frame, see `recommend`).
+  delta: [S] d / n.
+  errors: ClassErrors [S, K] at every grid weight.
+  optimal: theory.OptimalWeight [S] (its weight is the theory_pool method's weight).
+  prior_ratio: ClassErrors [S] at the pool's ratio of priors.
+  downsample: ClassErrors [S] after balanced downsampling (theory.downsampled_class_errors).
+  """
+  mixture: mixture.GaussianMixture
+  delta: jax.Array
+  errors: ClassErrors
+  optimal: theory.OptimalWeight
+  prior_ratio: ClassErrors
+  downsample: ClassErrors
+
+
+class RetrainResult(NamedTuple):
+  """Everything `sweep` measures (shapes with S sizes, R repeats, K weights).
+
+  sizes, count_plus, count_minus: [S]; weights: [K].
+  errors: ClassErrors [S, R, K], test errors of the grid of weights.
+  layers: LastLayer (w [S, R, K, d], b [S, R, K]) in raw coordinates.
+  methods: Methods.
+  defined: bool [S, R], the per-subsample plug-in (theory method) was defined.
+  theory: TheoryCurves.
+  ridge: [] the ridge used (on the scaled features); feature_scale: [] (module docstring).
+  """
+  sizes: jax.Array
+  count_plus: jax.Array
+  count_minus: jax.Array
+  weights: jax.Array
+  errors: ClassErrors
+  layers: lls.LastLayer
+  methods: Methods
+  defined: jax.Array
+  theory: TheoryCurves
+  ridge: jax.Array
+  feature_scale: jax.Array
+
+
+# ----------------------------------------------------------------------------- subsamples
+
+
+def size_counts(labels, sizes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+  """Fixed class counts (n_+, n_-) per size with the pool's class balance (host side).
+
+  Args:
+    labels: pool labels [N] in {+1, -1} (concrete).
+    sizes: sample sizes, each in [4, N].
+
+  Returns:
+    (count_plus [S], count_minus [S]) int32.
+
+  Raises:
+    ValueError: a size out of range, or one that leaves a class with fewer than 2 rows.
+  """
+  y = np.asarray(labels)
+  if y.ndim != 1 or not np.all((y == 1) | (y == -1)):
+    raise ValueError("labels: expected a 1-D array of values in {+1, -1}")
+  n_pool, pool_plus = y.shape[0], int(np.sum(y > 0))
+  pool_minus = n_pool - pool_plus
+  if pool_plus < 2 or pool_minus < 2:
+    raise ValueError(f"labels: expected at least 2 rows per class, got {pool_plus} of +1 and "
+                     f"{pool_minus} of -1")
+  sizes = [int(n) for n in np.atleast_1d(np.asarray(sizes))]
+  if not sizes:
+    raise ValueError("sizes: expected at least one size")
+  pi = pool_plus / n_pool
+  plus, minus = [], []
+  for n in sizes:
+    if not 4 <= n <= n_pool:
+      raise ValueError(f"sizes: expected every size in [4, {n_pool}] (the pool), got {n}")
+    n_plus, n_minus = mixture.class_counts(n, pi)
+    if n_plus < 2 or n_minus < 2:
+      raise ValueError(f"sizes: size {n} keeps {n_plus} rows of class +1 (pool share "
+                       f"{pi:.3f}); at least 2 per class are needed")
+    plus.append(min(n_plus, pool_plus))
+    minus.append(min(n_minus, pool_minus))
+  return np.asarray(plus, np.int32), np.asarray(minus, np.int32)
+
+
+def subsample_masks(key: jax.Array, labels: jax.Array, count_plus: jax.Array,
+                    count_minus: jax.Array, *, num_repeats: int,
+                    dtype=None) -> Subsamples:
+  """Seeded nested subsample masks with fixed class counts (pure; jit it at the call site).
+
+  Repeat r ranks the rows of each class in a uniformly random order drawn from
+  fold_in(key, r); size s keeps the rows of class +1 ranked below count_plus[s] and those of
+  class -1 ranked below count_minus[s]. Downsampling keeps rows of either class ranked below
+  count_plus[s] (requires count_plus <= count_minus).
+
+  Args:
+    key: PRNG key.
+    labels: [N] in {+1, -1}.
+    count_plus, count_minus: [S] integer class counts (see `size_counts`); may be traced.
+    num_repeats: R (static).
+    dtype: mask dtype (default: the default float dtype).
+
+  Returns:
+    Subsamples with masks [S, R, N].
+  """
+  dtype = jnp.result_type(float) if dtype is None else dtype
+  plus = labels > 0
+
+  def ranks(r):
+    u = jax.random.uniform(jax.random.fold_in(key, r), labels.shape)
+    # Sorting by (other class last, u) puts this class's rows first in random order;
+    # the position of a row in that order is its rank within its class.
+    rank_plus = jnp.argsort(jnp.argsort(jnp.where(plus, u, 2.0 + u)))
+    rank_minus = jnp.argsort(jnp.argsort(jnp.where(plus, 2.0 + u, u)))
+    return jnp.where(plus, rank_plus, rank_minus)
+
+  rank = jax.vmap(ranks)(jnp.arange(num_repeats))                          # [R, N]
+  count_plus = jnp.asarray(count_plus, jnp.int32)
+  count_minus = jnp.asarray(count_minus, jnp.int32)
+  limit = jnp.where(plus, count_plus[:, None], count_minus[:, None])      # [S, N]
+  mask = (rank[None] < limit[:, None]).astype(dtype)
+  downsample = (rank[None] < count_plus[:, None, None]).astype(dtype)
+  return Subsamples(mask, downsample, count_plus, count_minus)
+
+
+def buffer_lengths(count_plus, count_minus, pool_size: int) -> tuple[tuple[int, int], ...]:
+  """Per size, (B, B_down): the next power of two >= n (resp. 2 n_+), capped at the pool.
+
+  At most 2x the kept rows, with few distinct lengths (each one compiles its own loop body).
+  """
+  def bucket(n):
+    return int(min(pool_size, 2 ** int(np.ceil(np.log2(max(int(n), 1))))))
+
+  return tuple((bucket(p + m), bucket(2 * p)) for p, m in zip(np.asarray(count_plus),
+                                                              np.asarray(count_minus)))
+
+
+def default_ridge(sizes: Sequence[int], dim: int) -> float:
+  """0 if every size has n >= d + 2 (a nonsingular within-class scatter), else 1e-3."""
+  return 0.0 if min(int(n) for n in sizes) >= dim + 2 else DEFAULT_RIDGE
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+
+def _nan_errors(shape, dtype) -> ClassErrors:
+  nan = jnp.full(shape, jnp.nan, dtype)
+  return ClassErrors(nan, nan)
+
+
+def _plug_in(x, is_plus, counts, ridge, dimension, objective):
+  """Plug-in surrogate of the rows weighted by `counts`, its optimal weight, and whether defined."""
+  stats = recommend.plug_in_stats(x, is_plus, counts)
+  sur = recommend.surrogate(stats, dimension, x.shape[1])
+  best = theory.optimal_weight(sur.mixture, sur.delta, ridge, objective)
+  defined = (sur.signal > 0) & ((ridge > 0) | (sur.delta < 1)) & jnp.isfinite(best.weight)
+  return best, defined
+
+
+def sweep(x_pool: jax.Array, y_pool: jax.Array, x_test: jax.Array, y_test: jax.Array,
+          subsamples: Subsamples, weights: jax.Array, *, ridge: float = 0.0,
+          objective: str = "worst", dimension: str = "ambient",
+          batch_size: int = 8,
+          row_buffers: tuple[tuple[int, int], ...] | None = None) -> RetrainResult:
+  """Retrains the last layer on every subsample for every weight and method (pure).
+
+  Jit it with `static_argnames=retrain.STATIC`; `ridge` must be a Python float (a concrete
+  ridge > 0 lets `lls.factor` skip its ridgeless-interpolator branch).
+
+  Derivation of the cost: per subsample one `lls.factor` (O(N d^2 + d^3)) serves the K grid
+  weights and the five method weights (O(d^2) each), one plug-in estimate (O(N d^2) plus a
+  scalar search over the weight), and one extra fit for downsampling.
+
+  Args:
+    x_pool: retraining pool embeddings [N, d].
+    y_pool: pool labels [N] in {+1, -1} (+1 = minority).
+    x_test: test embeddings [M, d].
+    y_test: test labels [M] in {+1, -1}.
+    subsamples: from `subsample_masks` (masks [S, R, N]).
+    weights: grid of minority weights [K] > 0.
+    ridge: ridge >= 0 on the scaled features (module docstring).
+    objective: "worst" or "balanced", the objective of the theory weights.
+    dimension: d_eff of the `theory` / `theory_pool` methods and of the overlay: "ambient"
+      (delta = d / n, the default) or "participation".
+    batch_size: subsamples whose plug-in statistics are computed together (memory ~
+      batch_size * N * d floats); the factorizations go one subsample at a time.
+    row_buffers: static, per size, (B, B_down): the subsample's kept rows (at most B) and
+      its balanced downsampling's (at most B_down) are gathered into buffers of these
+      lengths (see `buffer_lengths`). They must bound the counts; None: all N rows, masked.
+
+  Returns:
+    RetrainResult.
+  """
+  n_pool, d = x_pool.shape
+  if y_pool.shape != (n_pool,) or x_test.ndim != 2 or x_test.shape[1] != d \
+      or y_test.shape != x_test.shape[:1]:
+    raise ValueError(f"expected x_pool [N, d], y_pool [N], x_test [M, d], y_test [M]; got "
+                     f"{x_pool.shape}, {y_pool.shape}, {x_test.shape}, {y_test.shape}")
+  num_sizes, num_repeats, n_mask = subsamples.mask.shape
+  if n_mask != n_pool:
+    raise ValueError(f"subsamples.mask: expected [S, R, {n_pool}], got {subsamples.mask.shape}")
+  if not isinstance(ridge, (int, float)) or ridge < 0:
+    raise ValueError(f"ridge: expected a Python float >= 0 (static), got {ridge!r}")
+  ridge = float(ridge)
+  dtype = x_pool.dtype
+  weights = jnp.asarray(weights, dtype)
+  num_weights = weights.shape[0]
+
+  # Centre and scale by the pool (see module docstring).
+  center = jnp.mean(x_pool, axis=0)
+  scale = jnp.sqrt(jnp.sum(jnp.var(x_pool, axis=0)) / d)
+  x = (x_pool - center) / scale
+  xt = (x_test - center) / scale
+  is_plus = y_pool > 0
+  y = y_pool.astype(dtype)
+  sizes = (subsamples.count_plus + subsamples.count_minus).astype(dtype)
+
+  # Pool plug-in ("oracle-ish" weights and the theory overlay), once.
+  pool = recommend.surrogate(recommend.plug_in_stats(x, is_plus), dimension, d)
+  pool_mix, pool_signal = pool.mixture, pool.signal > 0
+  delta = pool.dimension / sizes                                              # [S]
+  curves = theory.class_errors(pool_mix, delta[:, None], weights[None, :], ridge)
+  pool_best = theory.optimal_weight(pool_mix, delta, ridge, objective)
+  pool_prior = (1.0 - pool_mix.pi_plus) / pool_mix.pi_plus
+  prior_curve = theory.class_errors(pool_mix, delta, pool_prior, ridge)
+  down_curve = theory.downsampled_class_errors(pool_mix, delta, ridge)
+  pool_ok = pool_signal & jnp.isfinite(pool_best.weight)
+  pool_weight = jnp.where(pool_ok, pool_best.weight, pool_prior)
+
+  def errors_of(layer):
+    return empirical_class_errors(lls.scores(layer, xt), y_test)
+
+  # Two passes over the S * R subsamples. jaxlib 0.10's CPU LAPACK kernels, given a batch of
+  # matrices, split it over XLA's intra-op thread pool and block a pool thread until the
+  # chunks finish; two such calls in flight at once on a 2-thread pool deadlock (observed
+  # here: a batched cholesky and a batched eigh, both waiting forever). So the pass that
+  # needs no LAPACK (plug-in statistics and the scalar weight search) is vmapped in batches,
+  # and the pass with the factorizations maps over one subsample at a time (unbatched LAPACK
+  # calls run inline; independent factorizations still run side by side).
+  #
+  # Row buffers: a subsample of size n needs only its n kept rows. Sizes that share a
+  # buffer length B (static, `row_buffers`) gather their kept rows (kept first, then masked
+  # filler) into [B, d], so the Gram matrices cost O(B d min(B, d)) instead of O(N d^2) and
+  # `lls.factor` takes its dual (QR) path when B < d. Masks stay the source of truth.
+
+  def gather(mask, rows: int):
+    if rows >= n_pool:
+      return x, y, is_plus, mask
+    keep = jnp.argsort(-mask, stable=True)[:rows]
+    return x[keep], y[keep], is_plus[keep], mask[keep]
+
+  def choose(item, rows):
+    mask, s = item
+    xs, _, plus, m = gather(mask, rows)
+    counts_plus = jnp.sum(m * plus)
+    prior = (jnp.sum(m) - counts_plus) / counts_plus
+    best, ok = _plug_in(xs, plus, m, ridge, dimension, objective)
+    best_pr, ok_pr = _plug_in(xs, plus, m, ridge, "participation", objective)
+    method_weights = jnp.stack([
+        jnp.ones_like(prior), prior, jnp.where(ok, best.weight, prior),
+        jnp.where(ok_pr, best_pr.weight, prior), pool_weight[s]]).astype(dtype)
+    nan = jnp.full((), jnp.nan, dtype)
+    predicted = ClassErrors(
+        jnp.stack([nan, nan, jnp.where(ok, best.err_plus, nan),
+                   jnp.where(ok_pr, best_pr.err_plus, nan), nan]),
+        jnp.stack([nan, nan, jnp.where(ok, best.err_minus, nan),
+                   jnp.where(ok_pr, best_pr.err_minus, nan), nan]))
+    return method_weights, predicted, ok
+
+  def fit(item, rows, down_rows):
+    mask, down_mask, method_weights = item
+    xs, ys, _, m = gather(mask, rows)
+    factors = lls.factor(xs, ys, ridge=ridge, mask=m)
+    layers = lls.solve_factored(factors, jnp.concatenate([weights, method_weights]))
+    xd, yd, _, md = gather(down_mask, down_rows)
+    down = lls.fit(xd, yd, 1.0, ridge=ridge, mask=md)
+    return layers, errors_of(layers), down, errors_of(down)                 # errs [K + 5]
+
+  if row_buffers is None:
+    row_buffers = ((n_pool, n_pool),) * num_sizes
+  if len(row_buffers) != num_sizes:
+    raise ValueError(f"row_buffers: expected {num_sizes} (rows, downsample_rows) pairs, got "
+                     f"{len(row_buffers)}")
+  groups: dict[tuple[int, int], list[int]] = {}
+  for s, buffers in enumerate(row_buffers):
+    groups.setdefault((int(buffers[0]), int(buffers[1])), []).append(s)
+  outputs, order = [], []
+  for (rows, down_rows), members in groups.items():
+    index = np.asarray(members)
+    flat = lambda a: a[index].reshape((-1,) + a.shape[2:])
+    masks, down_masks = flat(subsamples.mask), flat(subsamples.downsample)
+    size_index = jnp.asarray(np.repeat(index, num_repeats))
+    chosen = jax.lax.map(lambda item: choose(item, rows), (masks, size_index),
+                         batch_size=max(1, min(batch_size, masks.shape[0])))
+    fitted = jax.lax.map(lambda item: fit(item, rows, down_rows),
+                         (masks, down_masks, chosen[0]))
+    outputs.append((*fitted, *chosen))
+    order.extend(members)
+  inverse = np.argsort(np.asarray(order))
+  layers, errs, down, down_errs, method_weights, predicted, ok = jax.tree.map(
+      lambda *parts: jnp.concatenate(parts).reshape(
+          (len(order), num_repeats) + parts[0].shape[1:])[inverse], *outputs)
+
+  # Back to raw coordinates: w.(x - c) / s + b = (w / s).x + (b - c.w / s).
+  def raw(layer):
+    w = layer.w / scale
+    return lls.LastLayer(w, layer.b - w @ center)
+
+  layers, down = raw(layers), raw(down)
+  grid = lls.LastLayer(layers.w[..., :num_weights, :], layers.b[..., :num_weights])
+  grid_errors = ClassErrors(errs.err_plus[..., :num_weights], errs.err_minus[..., :num_weights])
+
+  def method(i):
+    k = num_weights + i
+    return MethodResult(method_weights[..., i],
+                        ClassErrors(errs.err_plus[..., k], errs.err_minus[..., k]),
+                        ClassErrors(predicted.err_plus[..., i], predicted.err_minus[..., i]),
+                        lls.LastLayer(layers.w[..., k, :], layers.b[..., k]))
+
+  # Hindsight best grid weight on the test split (ties: the first, i.e. the smallest weight).
+  best_k = jnp.argmin(jnp.nan_to_num(grid_errors.worst, nan=jnp.inf), axis=-1)   # [S, R]
+  take = lambda a: jnp.take_along_axis(a, best_k[..., None], axis=-1)[..., 0]
+  oracle = MethodResult(
+      weights[best_k], ClassErrors(take(grid_errors.err_plus), take(grid_errors.err_minus)),
+      _nan_errors(best_k.shape, dtype),
+      lls.LastLayer(jnp.take_along_axis(grid.w, best_k[..., None, None], axis=-2)[..., 0, :],
+                    take(grid.b)))
+  pool_pred = ClassErrors(
+      jnp.broadcast_to(pool_best.err_plus[:, None], best_k.shape),
+      jnp.broadcast_to(pool_best.err_minus[:, None], best_k.shape))
+  theory_pool = method(4)._replace(predicted=jax.tree.map(
+      lambda p: jnp.where(pool_ok[:, None], p, jnp.nan), pool_pred))
+  down_pred = ClassErrors(jnp.broadcast_to(down_curve.err_plus[:, None], best_k.shape),
+                          jnp.broadcast_to(down_curve.err_minus[:, None], best_k.shape))
+  methods = Methods(
+      unweighted=method(0), prior_ratio=method(1), theory=method(2),
+      theory_participation=method(3), theory_pool=theory_pool,
+      downsample=MethodResult(jnp.ones(best_k.shape, dtype), down_errs, down_pred, down),
+      grid_oracle=oracle)
+  curves = TheoryCurves(pool_mix, delta, curves, pool_best, prior_curve, down_curve)
+  return RetrainResult(sizes, subsamples.count_plus, subsamples.count_minus, weights,
+                       grid_errors, grid, methods, ok, curves, jnp.asarray(ridge, dtype), scale)
+
+
+def _run(x_pool, y_pool, x_test, y_test, key, count_plus, count_minus, weights, *,
+         num_repeats, ridge, objective, dimension, batch_size, row_buffers):
+  masks = subsample_masks(key, y_pool, count_plus, count_minus, num_repeats=num_repeats,
+                          dtype=x_pool.dtype)
+  return sweep(x_pool, y_pool, x_test, y_test, masks, weights, ridge=ridge,
+               objective=objective, dimension=dimension, batch_size=batch_size,
+               row_buffers=row_buffers)
+
+
+# Jitted at its only use site: one compile per (shapes, static arguments) per process.
+_run_jit = jax.jit(_run, static_argnames=("num_repeats",) + STATIC)
+
+
+def single_threaded_blas():
+  """A context limiting OpenBLAS (behind jaxlib's CPU LAPACK kernels) to one thread.
+
+  On the 2-core development machine a 512 x 512 `jnp.linalg.eigh` takes about 3.5 s with
+  OpenBLAS's default 2 threads competing with XLA's own pool and 0.06 s with 1 thread.
+  Uses threadpoolctl when installed (it comes with scikit-learn); otherwise does nothing
+  (then set OPENBLAS_NUM_THREADS=1 before starting Python).
+  """
+  try:
+    from threadpoolctl import threadpool_limits  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return contextlib.nullcontext()
+  return threadpool_limits(1, user_api="blas")
+
+
+def log_weights(num: int = 32, *, low: float = 0.1, high: float = 1000.0) -> np.ndarray:
+  """A log-spaced weight grid [num] from `low` to `high` (includes 1 for the defaults)."""
+  return np.geomspace(low, high, num)
+
+
+def run(x_pool, y_pool, x_test, y_test, *, sizes: Sequence[int], weights=None,
+        num_repeats: int = 10, seed: int = 0, ridge: float | None = None,
+        objective: str = "worst", dimension: str = "ambient",
+        batch_size: int = 8) -> RetrainResult:
+  """`sweep` from host arrays: validates, builds the masks, one jitted call, NumPy results.
+
+  Args:
+    x_pool: [N, d] retraining pool embeddings; y_pool: [N] in {+1, -1} (+1 = minority).
+    x_test: [M, d]; y_test: [M] in {+1, -1}.
+    sizes: sample sizes (each in [4, N]); the pool's class balance with fixed counts.
+    weights: grid [K] > 0 (default `log_weights()`, 32 weights from 0.1 to 1000).
+    num_repeats: R subsamples per size.
+    seed: root seed of the subsamples.
+    ridge: None picks `default_ridge(sizes, d)` (1e-3 if any n < d + 2, else 0).
+    objective, dimension, batch_size: see `sweep`.
+
+  Returns:
+    RetrainResult of NumPy arrays.
+  """
+  x_pool = np.asarray(x_pool)
+  x_test = np.asarray(x_test)
+  dtype = jnp.result_type(float)
+  for name, x in (("x_pool", x_pool), ("x_test", x_test)):
+    if x.ndim != 2 or not np.all(np.isfinite(x)):
+      raise ValueError(f"{name}: expected a finite 2-D array [n, d], got shape {x.shape}")
+  y_pool = np.asarray(y_pool).astype(np.float64)
+  y_test = np.asarray(y_test).astype(np.float64)
+  for name, y, x in (("y_pool", y_pool, x_pool), ("y_test", y_test, x_test)):
+    if y.shape != x.shape[:1] or not np.all((y == 1) | (y == -1)):
+      raise ValueError(f"{name}: expected [{x.shape[0]}] labels in {{+1, -1}}")
+  if x_test.shape[1] != x_pool.shape[1]:
+    raise ValueError(f"x_test: expected width {x_pool.shape[1]}, got {x_test.shape[1]}")
+  if objective not in ("worst", "balanced"):
+    raise ValueError(f"objective: expected 'worst' or 'balanced', got {objective!r}")
+  if dimension not in ("ambient", "participation"):
+    raise ValueError(f"dimension: expected 'ambient' or 'participation', got {dimension!r}")
+  count_plus, count_minus = size_counts(y_pool, sizes)
+  if np.any(count_plus > count_minus):
+    raise ValueError("y_pool: class +1 must be the minority (count_plus <= count_minus)")
+  weights = log_weights() if weights is None else np.asarray(weights, np.float64)
+  if weights.ndim != 1 or not np.all(weights > 0):
+    raise ValueError("weights: expected a 1-D array of values > 0")
+  ridge = default_ridge(count_plus + count_minus, x_pool.shape[1]) if ridge is None \
+      else float(ridge)
+  if ridge < 0:
+    raise ValueError(f"ridge: expected >= 0, got {ridge}")
+  with single_threaded_blas():
+    result = _run_jit(
+        jnp.asarray(x_pool, dtype), jnp.asarray(y_pool, dtype),
+        jnp.asarray(x_test, dtype), jnp.asarray(y_test, dtype),
+        jax.random.key(seed), jnp.asarray(count_plus), jnp.asarray(count_minus),
+        jnp.asarray(weights, dtype), num_repeats=int(num_repeats), ridge=ridge,
+        objective=objective, dimension=dimension, batch_size=int(batch_size),
+        row_buffers=buffer_lengths(count_plus, count_minus, x_pool.shape[0]))
+    return jax.tree.map(np.asarray, result)
