@@ -28,7 +28,7 @@ Cases:
                The isotropic plug-in sees |dmu|^2 and an energy-weighted noise level instead:
                this is where it loses.
   embeddings   (with --embeddings DIR) retraining subsamples from a validation pool of real
-               embeddings, empirical per-class errors on the test split; see `load_embeddings`.
+               embeddings, empirical per-class errors on the test split; see `thumb_jax.retrain.load_embedding_splits`.
 
 Gaussian errors are exact (metrics.gaussian_class_errors, no test sampling). Every repeat is
 one fresh pool of the largest n; the sizes are nested 0/1 masks of it, and the whole
@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import glob
 import os
 import sys
 import time
@@ -61,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import common
-from thumb_jax import lls, metrics, recommend, theory
+from thumb_jax import lls, metrics, recommend, retrain, theory
 from thumb_jax import mixture as mixture_lib
 from thumb_jax.metrics import ClassErrors
 
@@ -168,55 +167,13 @@ def _empirical_errors(layer: lls.LastLayer, data) -> ClassErrors:
   return metrics.empirical_class_errors(lls.scores(layer, x_test), y_test)
 
 
-def _find_split(directory: str, split: str) -> str:
-  exact = os.path.join(directory, f"{split}.npz")
-  if os.path.exists(exact):
-    return exact
-  matches = sorted(set(glob.glob(os.path.join(directory, f"{split}_*.npz"))
-                       + glob.glob(os.path.join(directory, f"*_{split}_*.npz"))))
-  if len(matches) != 1:
-    raise ValueError(f"--embeddings: expected {exact} or exactly one *_{split}_*.npz in "
-                     f"{directory}, found {[os.path.basename(m) for m in matches]}")
-  return matches[0]
-
-
-def load_embeddings(directory: str, splits: Sequence[str] = ("val", "test")) -> dict:
-  """Reads {split}.npz files: `embeddings` [N, d] and `labels` [N] (two values).
-
-  Tolerated: the cache names of thumb_jax.images.embeddings ({dataset}_{split}_d{k}_{hash}.npz,
-  when exactly one per split), and the array names x / features and y / targets.
-  Only `val` (the retraining pool) and `test` (evaluation) are used; `train` (the backbone's
-  training split) is not needed.
-
-  Returns:
-    {split: (x [N, d] float64, labels [N])}.
-  """
-  out = {}
-  for split in splits:
-    path = _find_split(directory, split)
-    with np.load(path, allow_pickle=False) as f:
-      names = list(f.keys())
-      xkey = next((k for k in ("embeddings", "x", "features") if k in names), None)
-      ykey = next((k for k in ("labels", "y", "targets") if k in names), None)
-      if xkey is None or ykey is None:
-        raise ValueError(f"{path}: expected arrays 'embeddings' and 'labels', found {names}")
-      x, y = np.asarray(f[xkey], np.float64), np.asarray(f[ykey])
-    if x.ndim != 2 or y.shape != (x.shape[0],):
-      raise ValueError(f"{path}: expected embeddings [N, d] and labels [N], got {x.shape}, "
-                       f"{y.shape}")
-    out[split] = (x, y)
-  if out["val"][0].shape[1] != out["test"][0].shape[1]:
-    raise ValueError("--embeddings: val and test embeddings have different widths")
-  return out
-
-
 def embedding_case(cfg: Config, directory: str) -> tuple[Case, float]:
   """Retraining subsamples from the val pool, empirical errors on the test split.
 
   Returns:
     (Case, minority share of the subsamples).
   """
-  data = load_embeddings(directory)
+  data = retrain.load_embedding_splits(directory)
   x_val, y_val = data["val"]
   x_test, labels_test = data["test"]
   y_pool, mapping = recommend.encode_labels(y_val)

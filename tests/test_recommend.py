@@ -239,7 +239,7 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
 
 
 def test_embedding_loader_accepts_documented_and_cache_names(tmp_path):
-  from experiments import recommend_validate
+  from thumb_jax import retrain
   rng = np.random.default_rng(0)
   for split in ("train", "val"):
     np.savez(tmp_path / f"{split}.npz", embeddings=rng.standard_normal((20, 4)),
@@ -247,8 +247,8 @@ def test_embedding_loader_accepts_documented_and_cache_names(tmp_path):
   # The images.embeddings cache name, with alternative array names.
   np.savez(tmp_path / f"cifar_test_d4_{'0' * 16}.npz", x=rng.standard_normal((10, 4)),
            y=rng.integers(0, 2, 10))
-  data = recommend_validate.load_embeddings(str(tmp_path))
+  data = retrain.load_embedding_splits(str(tmp_path))
   assert data["val"][0].shape == (20, 4) and data["test"][1].shape == (10,)
   np.savez(tmp_path / "other_test_x.npz", embeddings=np.ones((3, 4)), labels=np.ones(3))
   with pytest.raises(ValueError, match="exactly one"):
-    recommend_validate.load_embeddings(str(tmp_path))
+    retrain.load_embedding_splits(str(tmp_path))

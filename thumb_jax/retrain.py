@@ -62,6 +62,8 @@ and its predictions for the prior ratio and for downsampling, to set beside the 
 from __future__ import annotations
 
 import contextlib
+import glob
+import os
 from typing import NamedTuple, Sequence
 
 import jax
@@ -155,6 +157,55 @@ class RetrainResult(NamedTuple):
   theory: TheoryCurves
   ridge: jax.Array
   feature_scale: jax.Array
+
+
+# ----------------------------------------------------------------------------- embedding files
+
+
+def find_split_file(directory: str | os.PathLike, split: str) -> str:
+  """{split}.npz in `directory`, else its one cache-named *_{split}_*.npz (ValueError otherwise)."""
+  exact = os.path.join(os.fspath(directory), f"{split}.npz")
+  if os.path.exists(exact):
+    return exact
+  matches = sorted(set(glob.glob(os.path.join(os.fspath(directory), f"{split}_*.npz"))
+                       + glob.glob(os.path.join(os.fspath(directory), f"*_{split}_*.npz"))))
+  if len(matches) != 1:
+    raise ValueError(f"expected {exact} or exactly one *_{split}_*.npz in "
+                     f"{directory}, found {[os.path.basename(m) for m in matches]}")
+  return matches[0]
+
+
+def load_embedding_splits(directory: str | os.PathLike,
+                          splits: Sequence[str] = ("val", "test")) -> dict:
+  """Reads {split}.npz files: `embeddings` [N, d] and `labels` [N] (two values).
+
+  Tolerated: the cache names of thumb_jax.images.embeddings ({dataset}_{split}_d{k}_{hash}.npz,
+  when exactly one per split), and the array names x / features and y / targets.
+  By default only `val` (the retraining pool) and `test` (evaluation) are read; `train`
+  (the backbone's training split, whose embeddings the network has fit) is not needed.
+
+  Returns:
+    {split: (x [N, d] float64, labels [N])}.
+  """
+  out = {}
+  for split in splits:
+    path = find_split_file(directory, split)
+    with np.load(path, allow_pickle=False) as f:
+      names = list(f.keys())
+      xkey = next((k for k in ("embeddings", "x", "features") if k in names), None)
+      ykey = next((k for k in ("labels", "y", "targets") if k in names), None)
+      if xkey is None or ykey is None:
+        raise ValueError(f"{path}: expected arrays 'embeddings' and 'labels', found {names}")
+      x, y = np.asarray(f[xkey], np.float64), np.asarray(f[ykey])
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+      raise ValueError(f"{path}: expected embeddings [N, d] and labels [N], got {x.shape}, "
+                       f"{y.shape}")
+    out[split] = (x, y)
+  widths = {split: x.shape[1] for split, (x, _) in out.items()}
+  if len(set(widths.values())) > 1:
+    raise ValueError(f"{directory}: the splits have different embedding widths {widths}")
+  return out
+
 
 
 # ----------------------------------------------------------------------------- subsamples
