@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from thumb_jax.images import configs, embeddings, resnet, train
+from thumb_jax.images import configs, embeddings, resnet
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_train import fake_dataset  # pylint: disable=g-import-not-at-top,wrong-import-position
