@@ -94,3 +94,15 @@ def test_train_backbone_main_smoke(tmp_path, monkeypatch):
                       lambda *a, **k: pytest.fail("cache miss on rerun"))
   again = train_backbone.main(["--config", "tiny", "--workdir", str(tmp_path)], dataset=data)
   assert again["checkpoint_hash"] == summary["checkpoint_hash"]
+
+
+def test_cache_names_are_found_by_split(tmp_path):
+  from thumb_jax import retrain
+  paths = {split: embeddings.cache_path(tmp_path, dataset="celeba-Blond_Hair", split=split,
+                                        latent_dim=4, checkpoint_hash="ab" * 32)
+           for split in ("train", "val", "test")}
+  assert os.path.basename(paths["val"]) == "celeba-Blond-Hair_val_d4_abababababababab.npz"
+  for split, path in paths.items():
+    np.savez(path, embeddings=np.zeros((3, 4)), labels=np.array([1, -1, 1]))
+    assert retrain.find_split_file(tmp_path, split) == path
+  assert set(retrain.load_embedding_splits(tmp_path)) == {"val", "test"}

@@ -89,9 +89,15 @@ def params_hash(variables) -> str:
 
 def cache_path(cache_dir: str | os.PathLike, *, dataset: str, split: str, latent_dim: int,
                checkpoint_hash: str) -> str:
-  """File of one cache entry: {dataset}_{split}_d{latent_dim}_{hash[:16]}.npz."""
-  safe = re.sub(r"[^A-Za-z0-9.-]+", "-", f"{dataset}_{split}")
-  return os.path.join(os.fspath(cache_dir), f"{safe}_d{latent_dim}_{checkpoint_hash[:16]}.npz")
+  """File of one cache entry: {dataset}_{split}_d{latent_dim}_{hash[:16]}.npz.
+
+  Characters other than letters, digits, '.' and '-' in the dataset and split names become
+  '-' (celeba-Blond_Hair -> celeba-Blond-Hair), so '_' only separates the four fields and
+  `thumb_jax.retrain.find_split_file` finds an entry by its split.
+  """
+  safe = lambda text: re.sub(r"[^A-Za-z0-9.-]+", "-", text)
+  name = f"{safe(dataset)}_{safe(split)}_d{latent_dim}_{checkpoint_hash[:16]}.npz"
+  return os.path.join(os.fspath(cache_dir), name)
 
 
 def cached_embeddings(cache_dir: str | os.PathLike, *, dataset: str, split: str,
