@@ -3,16 +3,20 @@
   python -m experiments.bench_retrain --out OUT [--quick] [--set dim=512 ...]
 
 Gaussian pool embeddings (minority share `pi_plus`, |mu| = `mean_norm`, mu_- = -mu_+), one
-jitted call over sizes x repeats x weights, with every method of `retrain.sweep` (plug-in
-theory weights per subsample and on the pool, downsampling, the theory overlay). Compile time
-is `lower(...).compile()`; run time is the median of `num_runs` calls after it, each blocked
-until the results are ready. Writes results.json.
+jitted call over sizes x repeats x weights (by default d = 512, 12 sizes n = 128 .. 2048,
+10 repeats, 32 weights, ridge 1e-3), with every method of `retrain.sweep` (subsample masks,
+plug-in theory weights per subsample and on the pool, downsampling, the theory overlay):
+the computation `retrain.run` jits. Compile time is `lower(...).compile()`; run time is the
+median of `num_runs` calls after it, each blocked until the results are ready (target:
+under 5 s on 2 CPU cores), with the process's CPU seconds and the load average beside it
+(other jobs on the machine inflate the wall time). Writes results.json.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 
 import jax
@@ -57,6 +61,9 @@ def main(argv=None) -> dict:
   x_pool, y_pool = mixture.sample(key_pool, mix, n=cfg.pool_size, d=cfg.dim)
   x_test, y_test = mixture.sample(key_test, mix, n=cfg.test_size, d=cfg.dim)
   sizes = np.unique(np.round(np.geomspace(cfg.min_size, cfg.pool_size, cfg.num_sizes)).astype(int))
+  if len(sizes) != cfg.num_sizes:
+    raise ValueError(f"num_sizes: {cfg.num_sizes} log-spaced sizes from {cfg.min_size} to "
+                     f"{cfg.pool_size} round to only {len(sizes)} distinct ones")
   count_plus, count_minus = retrain.size_counts(y_pool, sizes)
   weights = jnp.asarray(retrain.log_weights(cfg.num_weights))
   args = (x_pool, y_pool, x_test, y_test, key_masks, jnp.asarray(count_plus),
@@ -72,13 +79,18 @@ def main(argv=None) -> dict:
       lowered = retrain._run_jit.lower(*args, **static)  # pylint: disable=protected-access
     with common.stopwatch(timings, "compile_s"):
       compiled = lowered.compile()
-    runs = []
+    runs, cpu = [], []
     for _ in range(cfg.num_runs):
-      start = time.perf_counter()
+      start, start_cpu = time.perf_counter(), time.process_time()
       result = jax.block_until_ready(compiled(*args))
       runs.append(time.perf_counter() - start)
+      cpu.append(time.process_time() - start_cpu)
   timings["run_s"] = runs
   timings["run_median_s"] = float(np.median(runs))
+  # CPU seconds of this process per run (all its threads): with other jobs on the machine
+  # the wall time grows, this much less.
+  timings["run_cpu_s"] = cpu
+  timings["load_average_after"] = list(os.getloadavg())
   num_fits = len(sizes) * cfg.num_repeats
   summary = {
       "sizes": sizes, "num_subsamples": num_fits,
@@ -91,7 +103,9 @@ def main(argv=None) -> dict:
   print(f"retrain sweep d={cfg.dim} N={cfg.pool_size} sizes={len(sizes)} repeats={cfg.num_repeats} "
         f"weights={cfg.num_weights}: lower {timings['lower_s']:.1f} s, compile "
         f"{timings['compile_s']:.1f} s, run {timings['run_median_s']:.2f} s (median of "
-        f"{cfg.num_runs}: {', '.join(f'{r:.2f}' for r in runs)})")
+        f"{cfg.num_runs}: {', '.join(f'{r:.2f}' for r in runs)}; CPU "
+        f"{', '.join(f'{c:.2f}' for c in cpu)} s; load average "
+        f"{timings['load_average_after'][0]:.1f} on {os.cpu_count()} CPUs)")
   common.save_results(out / "results.json", config=cfg, results=summary)
   return summary
 

@@ -9,7 +9,8 @@ Every entry point follows one pattern:
       ...
       common.save_results(out / "results.json", config=cfg, results=...)
 
-and the CLI is `python -m experiments.NAME --out DIR [--quick] [--set key=value ...]`.
+and the CLI is `python -m experiments.NAME --out DIR [--quick] [--set key=value ...]`
+(`parse_args(..., flags=("dataset",))` also accepts `--dataset VALUE` for that field).
 Tuples are given comma-separated (`--set deltas=0.1,0.5`), booleans as true/false.
 """
 
@@ -95,15 +96,20 @@ def override(cfg: C, pairs: Iterable[str]) -> C:
 
 def parse_args(argv: Sequence[str] | None, default: C, *,
                quick: Callable[[C], C] | None = None,
-               description: str | None = None) -> tuple[C, Path]:
-  """Parses `--out DIR [--quick] [--set key=value ...]` into (config, output dir).
+               description: str | None = None,
+               flags: Sequence[str] = ()) -> tuple[C, Path]:
+  """Parses `--out DIR [--quick] [--FLAG value ...] [--set key=value ...]` into (config, dir).
 
-  --quick applies `quick` to the default first; --set overrides come last.
-  The output directory is created.
+  --quick applies `quick` to the default first; then each config field named in `flags`
+  may be given as its own option (`--dataset celeba` is `--set dataset=celeba`); --set
+  overrides come last. The output directory is created.
   """
   parser = argparse.ArgumentParser(description=(description or "").split("\n\n")[0])
   parser.add_argument("--out", required=True, help="output directory (created)")
   parser.add_argument("--quick", action="store_true", help="tiny configuration")
+  for name in flags:
+    parser.add_argument(f"--{name}", dest=f"flag_{name}", default=None, metavar="VALUE",
+                        help=f"config field {name!r} (same as --set {name}=VALUE)")
   parser.add_argument("--set", dest="overrides", action="append", default=[],
                       metavar="KEY=VALUE", help="override a config field (repeatable)")
   args = parser.parse_args(argv)
@@ -112,7 +118,9 @@ def parse_args(argv: Sequence[str] | None, default: C, *,
     if quick is None:
       raise ValueError("--quick: this entry point has no quick variant")
     cfg = quick(cfg)
-  cfg = override(cfg, args.overrides)
+  given = [f"{name}={getattr(args, f'flag_{name}')}" for name in flags
+           if getattr(args, f"flag_{name}") is not None]
+  cfg = override(cfg, [*given, *args.overrides])
   return cfg, ensure_dir(args.out)
 
 

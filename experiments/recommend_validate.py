@@ -172,14 +172,8 @@ def embedding_case(cfg: Config, directory: str) -> tuple[Case, float]:
   Returns:
     (Case, minority share of the subsamples).
   """
-  data = retrain.load_embedding_splits(directory)
-  x_val, y_val = data["val"]
-  x_test, labels_test = data["test"]
-  y_pool, mapping = recommend.encode_labels(y_val)
-  unknown = set(np.unique(labels_test).tolist()) - {mapping.plus, mapping.minus}
-  if unknown:
-    raise ValueError(f"--embeddings: test labels {sorted(unknown)} are not among the val labels")
-  y_test = np.where(labels_test == mapping.plus, 1.0, -1.0)
+  data = retrain.load_retraining_data(directory)
+  x_val, y_pool, x_test, y_test = data.x_pool, data.y_pool, data.x_test, data.y_test
   d = x_val.shape[1]
   pool_pi = float(np.mean(y_pool > 0))
   pi = cfg.embedding_pi_plus or pool_pi
@@ -204,7 +198,7 @@ def embedding_case(cfg: Config, directory: str) -> tuple[Case, float]:
                            x_val[y_pool < 0] - x_val[y_pool < 0].mean(0)])
   scale = float(np.mean(within ** 2))
 
-  note = (f"val pool {x_val.shape[0]} (+1 = {mapping.plus!r}, share {pool_pi:.3f}), "
+  note = (f"val pool {x_val.shape[0]} (+1 = {data.labels.plus!r}, share {pool_pi:.3f}), "
           f"test {x_test.shape[0]}, d = {d}, subsample minority share {pi:.3f}, "
           f"ridge = {cfg.ridge:g} x mean variance {scale:.3g}")
   case = Case("embeddings", d, np.array(sorted(set(sizes), reverse=True)), y_pool, None,

@@ -8,6 +8,12 @@ with per-sample weights c_i >= 0, the intercept b unpenalized and n the number o
 rows with c_i > 0. Class weights are (c_+, c_-) = (weight, 1). A row with c_i = 0 is
 a row left out, so one fixed-shape design plus a 0/1 mask serves every sample size.
 
+Two ways to serve many class weights from one factorization (THEORY.md, "Fast sweep"):
+`factor` / `solve_factored` (behind `fit_sweep`) eigendecompose the whitened minority
+scatter in full, r x r; `factor_low_rank` / `solve_low_rank` use that the minority scatter
+has rank below n_+ and eigendecompose a P x P matrix instead (P >= n_+; faster under
+imbalance, used by `thumb_jax.retrain`'s sweeps).
+
 Nothing here is jitted; callers apply `jax.jit` / `jax.vmap`, e.g.
 `jax.jit(jax.vmap(fit_sweep, in_axes=(0, 0, None)))` over seeds.
 """
@@ -261,3 +267,131 @@ def fit_sweep(x: jax.Array, y: jax.Array, weights: jax.Array, *, ridge=0.0,
     LastLayer(w [K, d], b [K]).
   """
   return solve_factored(factor(x, y, ridge=ridge, mask=mask), weights)
+
+
+class LowRankFactors(NamedTuple):
+  """One factorization of a subsample serving every class weight (`factor_low_rank`).
+
+  In the coordinates `basis` (identity when d <= rows, else an orthonormal basis of the
+  rows), with the within-class scatter R = S_+ + S_- + ridge n I = L L', the minority's
+  centred rows Z_+ [P, r] (S_+ = Z_+' Z_+), W = L^-1 Z_+' and W'W = V diag(s) V'.
+  """
+  base: jax.Array          # R^-1 dbar [r]
+  base_quad: jax.Array     # dbar' R^-1 dbar []
+  transform: jax.Array     # L^-T W V [r, P]
+  spectrum: jax.Array      # s [P], in [0, 1]
+  proj: jax.Array          # V' W' L^-1 dbar [P]
+  mean_plus: jax.Array     # xbar_+ [d]
+  mean_minus: jax.Array    # xbar_- [d]
+  count_plus: jax.Array    # n_+ []
+  count_minus: jax.Array   # n_- []
+  basis: jax.Array | None  # Q [d, r] or None (r = d)
+  interpolator: LastLayer | None  # ridge 0: the minimum-norm interpolator (else None)
+  use_interpolator: jax.Array         # bool []: ridge 0 and R singular (n - 2 < r)
+  within: jax.Array        # S_+ + S_- [r, r], the within-class scatter (reusable by plug-ins)
+
+
+def factor_low_rank(x: jax.Array, is_plus: jax.Array, mask: jax.Array, *, ridge: float,
+                    plus_rows: int) -> LowRankFactors:
+  """`factor` using the minority's low rank (pure; jit at the call site).
+
+  Derivation. As in `factor`, w(omega) = 2 beta A^-1 dbar / (1 + beta dbar' A^-1 dbar),
+  beta = omega n_+ n_- / (omega n_+ + n_-), A(omega) = R + (omega - 1) S_+ with
+  R = S_+ + S_- + ridge n I = L L'. S_+ = Z_+' Z_+ has rank < n_+ <= P (P = `plus_rows`,
+  much smaller than d under imbalance), so instead of an r x r eigendecomposition of
+  L^-1 S_+ L^-T take W = L^-1 Z_+' [r, P] and the P x P eigendecomposition
+  W'W = V diag(s) V' (s in [0, 1], since S_+ <= R). With c = omega - 1, the push-through
+  identity gives
+      (I + c W W')^-1 = I - W V diag(c / (1 + c s)) V' W',
+  so with e = L^-1 dbar, q = V'W'e and T = L^-T W V [r, P]:
+      A^-1 dbar = R^-1 dbar - T (c q / (1 + c s)),  dbar' A^-1 dbar = |e|^2 - sum c q^2 / (1 + c s).
+  c / (1 + c s) stays finite for every omega > 0 and s in [0, 1] (also at s = 0, the
+  directions of masked or collinear rows, which then contribute nothing). Cost: one Gram
+  O(B r^2), one Cholesky O(r^3 / 3), two triangular solves O(r^2 P) and an O(P^3)
+  eigendecomposition, against `factor`'s two Grams, three r x r triangular solves and
+  an r x r eigendecomposition. With ridge 0 and R singular (fewer than r + 2 rows kept)
+  every weight gives the minimum-norm interpolator, as in `factor`.
+
+  Args:
+    x: rows [B, d] (a subsample's kept rows plus masked filler).
+    is_plus: bool [B]; mask: 0/1 [B].
+    ridge: Python float >= 0 (objective ... + ridge * n * |w|^2, n = rows kept).
+    plus_rows: P >= the number of kept minority rows (static); 0 skips the minority part
+      (then only weight 1 is solved correctly: a balanced or unweighted fit).
+
+  Returns:
+    LowRankFactors.
+  """
+  if not isinstance(ridge, (int, float)) or ridge < 0:
+    raise ValueError(f"ridge: expected a Python float >= 0 (static), got {ridge!r}")
+  n_rows, d = x.shape
+  mask = mask.astype(x.dtype)
+  m_plus = jnp.where(is_plus, mask, 0.0)
+  m_minus = jnp.where(is_plus, 0.0, mask)
+  n_plus, n_minus = jnp.sum(m_plus), jnp.sum(m_minus)
+  mean_plus, mean_minus = m_plus @ x / n_plus, m_minus @ x / n_minus
+  basis, z = None, x
+  if d > n_rows:
+    basis, _ = jnp.linalg.qr(x.T)                                  # [d, B]: w = Q v
+    z = x @ basis
+  zbar_plus = mean_plus if basis is None else mean_plus @ basis
+  zbar_minus = mean_minus if basis is None else mean_minus @ basis
+  r = z.shape[1]
+  centred = (z - jnp.where(is_plus[:, None], zbar_plus, zbar_minus)) * mask[:, None]
+  within = centred.T @ centred
+  chol = jnp.linalg.cholesky(within + ridge * (n_plus + n_minus) * jnp.eye(r, dtype=x.dtype))
+  e = solve_triangular(chol, zbar_plus - zbar_minus, lower=True)
+  base = solve_triangular(chol, e, lower=True, trans=1)
+  if plus_rows:
+    keep = jnp.argsort(-m_plus, stable=True)[:plus_rows]           # minority rows first
+    rows_plus = centred[keep] * m_plus[keep, None]                 # Z_+ [P, r]
+    half = solve_triangular(chol, rows_plus.T, lower=True)         # W [r, P]
+    gram = half.T @ half
+    spectrum, evecs = jnp.linalg.eigh(0.5 * (gram + gram.T))
+    transform = solve_triangular(chol, half @ evecs, lower=True, trans=1)
+    proj = evecs.T @ (half.T @ e)
+  else:
+    transform = jnp.zeros((r, 0), x.dtype)
+    spectrum = proj = jnp.zeros((0,), x.dtype)
+  if ridge > 0:
+    interp, use_interp = None, jnp.asarray(False)
+  else:
+    # Ridge 0 with fewer than r + 2 rows: R is singular and every weight gives the
+    # minimum-norm interpolator (as in `factor`); lax.cond runs it only then.
+    use_interp = n_plus + n_minus - 2 < r
+    y = jnp.where(is_plus, 1.0, -1.0).astype(x.dtype)
+    interp = jax.lax.cond(
+        use_interp, lambda: fit_weighted(x, y, mask, ridge=0.0),
+        lambda: LastLayer(jnp.zeros((d,), x.dtype), jnp.zeros((), x.dtype)))
+  return LowRankFactors(base, e @ e, transform, jnp.clip(spectrum, 0.0, 1.0), proj, mean_plus,
+                        mean_minus, n_plus, n_minus, basis, interp, use_interp, within)
+
+
+def solve_low_rank(factors: LowRankFactors, weights: jax.Array) -> LastLayer:
+  """Last layers for K weights from `factor_low_rank`, O(r P K) (see its derivation).
+
+  Args:
+    factors: from `factor_low_rank`.
+    weights: omega [K] > 0.
+
+  Returns:
+    LastLayer(w [K, d], b [K]).
+  """
+  f = factors
+  weights = jnp.asarray(weights, f.base.dtype)
+  c = weights[:, None] - 1.0
+  coef = c / (1.0 + c * f.spectrum)                                               # [K, P]
+  direction = f.base - (coef * f.proj) @ f.transform.T                            # A^-1 dbar
+  quad = f.base_quad - jnp.sum(coef * f.proj ** 2, axis=-1)                       # [K]
+  total_plus = weights * f.count_plus
+  total = total_plus + f.count_minus
+  beta = total_plus * f.count_minus / total
+  v = (2.0 * beta / (1.0 + beta * quad))[:, None] * direction
+  w = v if f.basis is None else v @ f.basis.T
+  # b = ybar - xbar.w with weighted means (as in `solve_factored`).
+  ybar = (total_plus - f.count_minus) / total
+  b = ybar - (total_plus * (w @ f.mean_plus) + f.count_minus * (w @ f.mean_minus)) / total
+  if f.interpolator is not None:
+    w = jnp.where(f.use_interpolator, f.interpolator.w, w)
+    b = jnp.where(f.use_interpolator, f.interpolator.b, b)
+  return LastLayer(w, b)

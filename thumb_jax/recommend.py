@@ -297,7 +297,8 @@ def prepare(features, labels) -> tuple[np.ndarray, np.ndarray, LabelMap]:
 
 
 def plug_in_stats(x: jax.Array, is_plus: jax.Array, counts: jax.Array | None = None, *,
-                  effective_rank: bool = False, whitened: bool = False) -> PlugInStats:
+                  effective_rank: bool = False, whitened: bool = False,
+                  scatter: jax.Array | None = None) -> PlugInStats:
   """Moment estimates for the surrogate (see the module docstring), pure and traceable.
 
   Args:
@@ -306,6 +307,9 @@ def plug_in_stats(x: jax.Array, is_plus: jax.Array, counts: jax.Array | None = N
     counts: multiplicities [n] >= 0 (a bootstrap resample), default all ones.
     effective_rank: also compute the entropy-based rank (one eigendecomposition).
     whitened: also compute the whitened statistics (one Cholesky of S_w; needs n > d + 3).
+    scatter: optional within-class scatter sum_i c_i (x_i - xbar_y)(x_i - xbar_y)' that the
+      caller already has, [d, d] or any matrix with the same nonzero spectrum (its [n, n]
+      kernel, or its restriction to an orthonormal basis of the rows); saves its O(n d^2).
 
   Returns:
     PlugInStats of scalars.
@@ -326,8 +330,11 @@ def plug_in_stats(x: jax.Array, is_plus: jax.Array, counts: jax.Array | None = N
   # Pooled S_w = B'B / n' with B = sqrt(c) * xc; its nonzero spectrum is that of the
   # smaller of B'B [d, d] and BB' [n, n].
   dof = n_plus + n_minus - 2.0
-  rows = jnp.sqrt(counts)[:, None] * xc
-  gram = rows @ rows.T if n_rows <= d else rows.T @ rows
+  if scatter is None:
+    rows = jnp.sqrt(counts)[:, None] * xc
+    gram = rows @ rows.T if n_rows <= d else rows.T @ rows
+  else:
+    gram = scatter
   tr1 = (counts @ sq) / dof                       # tr S_w
   tr2 = jnp.sum(gram ** 2) / dof ** 2             # tr S_w^2
   t2 = dof ** 2 / ((dof - 1.0) * (dof + 2.0)) * (tr2 - tr1 ** 2 / dof)

@@ -18,9 +18,14 @@ fixed counts). Repeat r draws one uniformly random order of each class of the po
 `fold_in(key, r)`; every size takes the first rows of that order, so within a repeat the
 subsamples are nested (common random numbers across n), across repeats independent. A
 subsample is a 0/1 mask over the pool, never a slice, so every (size, repeat) has the same
-shapes and the whole grid is one vmapped computation (`jax.lax.map` in batches to bound
-memory). The downsampling mask keeps the subsample's n_+ minority rows and the first n_+ of
-its majority rows (balanced, n' = 2 n_+; nested inside the subsample).
+shapes and the whole grid is one jitted computation (`jax.lax.map` over subsamples). The
+downsampling mask keeps the subsample's n_+ minority rows and the first n_+ of its majority
+rows (balanced, n' = 2 n_+; nested inside the subsample).
+
+Factorization. Per subsample, `lls.factor_low_rank` (one Cholesky of the within-class scatter
+plus a P x P eigendecomposition, P ~ n_+: the minority's scatter has low rank under
+imbalance) serves every weight at O(d P) each; its scatter also feeds the plug-in
+statistics, so each subsample's rows are multiplied out once.
 
 Features. The pool and the test split are centred by the pool mean and divided by one scalar,
 feature_scale = sqrt(tr Cov(x_pool) / d). The intercept is unpenalized, so this changes no
@@ -63,6 +68,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 from typing import NamedTuple, Sequence
 
@@ -162,25 +168,38 @@ class RetrainResult(NamedTuple):
 # ----------------------------------------------------------------------------- embedding files
 
 
-def find_split_file(directory: str | os.PathLike, split: str) -> str:
-  """{split}.npz in `directory`, else its one cache-named *_{split}_*.npz (ValueError otherwise)."""
-  exact = os.path.join(os.fspath(directory), f"{split}.npz")
+def find_split_file(directory: str | os.PathLike, split: str, *,
+                    dataset: str | None = None) -> str:
+  """{split}.npz in `directory`, else its one cache-named file for `split` (ValueError otherwise).
+
+  Cache names: `thumb_jax.images.embeddings.cache_path` writes
+  {dataset}_{split}_d{k}_{hash}.npz; {split}_*.npz is accepted too. With `dataset` given, only names that start with it count (a folder may
+  hold several datasets, e.g. cifar10 and celeba-Blond-Hair).
+  """
+  folder = os.fspath(directory)
+  exact = os.path.join(folder, f"{split}.npz")
   if os.path.exists(exact):
     return exact
-  matches = sorted(set(glob.glob(os.path.join(os.fspath(directory), f"{split}_*.npz"))
-                       + glob.glob(os.path.join(os.fspath(directory), f"*_{split}_*.npz"))))
+  if not os.path.isdir(folder):
+    raise ValueError(f"directory: {folder} is not a directory (expected the embedding files)")
+  patterns = (f"{split}_*.npz", f"*_{split}_*.npz")
+  matches = sorted({m for pattern in patterns for m in glob.glob(os.path.join(folder, pattern))})
+  if dataset is not None:
+    matches = [m for m in matches if os.path.basename(m).startswith(dataset)]
   if len(matches) != 1:
-    raise ValueError(f"expected {exact} or exactly one *_{split}_*.npz in "
-                     f"{directory}, found {[os.path.basename(m) for m in matches]}")
+    which = f"{dataset}*_{split}_d*.npz" if dataset else f"*_{split}_d*.npz"
+    raise ValueError(f"{split} split: expected {exact} or exactly one {which} (cache name) in "
+                     f"{folder}, found {[os.path.basename(m) for m in matches]}")
   return matches[0]
 
 
 def load_embedding_splits(directory: str | os.PathLike,
-                          splits: Sequence[str] = ("val", "test")) -> dict:
+                          splits: Sequence[str] = ("val", "test"), *,
+                          dataset: str | None = None) -> dict:
   """Reads {split}.npz files: `embeddings` [N, d] and `labels` [N] (two values).
 
-  Tolerated: the cache names of thumb_jax.images.embeddings ({dataset}_{split}_d{k}_{hash}.npz,
-  when exactly one per split), and the array names x / features and y / targets.
+  Tolerated: the cache names of thumb_jax.images.embeddings (see `find_split_file`; exactly
+  one per split, or per split and `dataset`), and the array names x / features and y / targets.
   By default only `val` (the retraining pool) and `test` (evaluation) are read; `train`
   (the backbone's training split, whose embeddings the network has fit) is not needed.
 
@@ -189,7 +208,7 @@ def load_embedding_splits(directory: str | os.PathLike,
   """
   out = {}
   for split in splits:
-    path = find_split_file(directory, split)
+    path = find_split_file(directory, split, dataset=dataset)
     with np.load(path, allow_pickle=False) as f:
       names = list(f.keys())
       xkey = next((k for k in ("embeddings", "x", "features") if k in names), None)
@@ -206,6 +225,70 @@ def load_embedding_splits(directory: str | os.PathLike,
     raise ValueError(f"{directory}: the splits have different embedding widths {widths}")
   return out
 
+
+
+class RetrainingData(NamedTuple):
+  """A retraining pool (the val split) and a test split, labels in {+1, -1}.
+
+  +1 is the pool's less frequent label (`recommend.encode_labels`); `labels` maps back to
+  the file's values. `files`: split -> {"file", "shape", "provenance"} (the cache's JSON
+  provenance of the backbone and data, when the file has one).
+  """
+  x_pool: np.ndarray        # [N, d]
+  y_pool: np.ndarray        # [N]
+  x_test: np.ndarray        # [M, d]
+  y_test: np.ndarray        # [M]
+  labels: recommend.LabelMap
+  files: dict
+
+
+def _file_record(path: str, x: np.ndarray) -> dict:
+  with np.load(path, allow_pickle=False) as f:
+    text = str(f["provenance"]) if "provenance" in f.files else None
+  try:
+    provenance = None if text is None else json.loads(text)
+  except json.JSONDecodeError:
+    provenance = text
+  return {"file": os.path.basename(path), "shape": list(x.shape), "provenance": provenance}
+
+
+def encode_pool_and_test(labels_pool, labels_test) -> tuple[np.ndarray, np.ndarray,
+                                                             recommend.LabelMap]:
+  """Labels -> {+1, -1}, +1 = the pool's minority; the test split must use the same two values.
+
+  Returns:
+    (y_pool [N], y_test [M], LabelMap).
+
+  Raises:
+    ValueError naming the split: not two classes in the pool, unknown or one-class test labels.
+  """
+  try:
+    y_pool, mapping = recommend.encode_labels(labels_pool)
+  except ValueError as err:
+    raise ValueError(f"val split (the retraining pool): {err}") from None
+  labels_test = np.asarray(labels_test)
+  unknown = sorted(set(np.unique(labels_test).tolist()) - {mapping.plus, mapping.minus})
+  if unknown:
+    raise ValueError(f"test split: labels {unknown[:5]} are not among the pool's labels "
+                     f"{[mapping.plus, mapping.minus]}")
+  y_test = np.where(labels_test == mapping.plus, 1.0, -1.0)
+  if np.all(y_test > 0) or np.all(y_test < 0):
+    raise ValueError("test split: expected both classes, found only one")
+  return y_pool, y_test, mapping
+
+
+def load_retraining_data(directory: str | os.PathLike, *,
+                         dataset: str | None = None) -> RetrainingData:
+  """The val (retraining pool) and test embeddings of `directory`, labels encoded.
+
+  See `load_embedding_splits` for the file names and `encode_pool_and_test` for the labels.
+  """
+  arrays = load_embedding_splits(directory, ("val", "test"), dataset=dataset)
+  (x_pool, labels_pool), (x_test, labels_test) = arrays["val"], arrays["test"]
+  y_pool, y_test, mapping = encode_pool_and_test(labels_pool, labels_test)
+  files = {split: _file_record(find_split_file(directory, split, dataset=dataset),
+                               arrays[split][0]) for split in ("val", "test")}
+  return RetrainingData(x_pool, y_pool, x_test, y_test, mapping, files)
 
 
 # ----------------------------------------------------------------------------- subsamples
@@ -289,16 +372,21 @@ def subsample_masks(key: jax.Array, labels: jax.Array, count_plus: jax.Array,
   return Subsamples(mask, downsample, count_plus, count_minus)
 
 
-def buffer_lengths(count_plus, count_minus, pool_size: int) -> tuple[tuple[int, int], ...]:
-  """Per size, (B, B_down): the next power of two >= n (resp. 2 n_+), capped at the pool.
+def buffer_lengths(count_plus, count_minus,
+                   pool_size: int) -> tuple[tuple[int, int, int], ...]:
+  """Per size, (B, B_down, B_plus): the next power of two >= n (resp. 2 n_+, n_+), capped.
 
-  At most 2x the kept rows, with few distinct lengths (each one compiles its own loop body).
+  B and B_down are capped at the pool, B_plus at B. At most 2x the kept rows, with few
+  distinct lengths (each distinct triple compiles its own loop body).
   """
-  def bucket(n):
-    return int(min(pool_size, 2 ** int(np.ceil(np.log2(max(int(n), 1))))))
+  def bucket(n, cap):
+    return int(min(cap, 2 ** int(np.ceil(np.log2(max(int(n), 1))))))
 
-  return tuple((bucket(p + m), bucket(2 * p)) for p, m in zip(np.asarray(count_plus),
-                                                              np.asarray(count_minus)))
+  out = []
+  for p, m in zip(np.asarray(count_plus), np.asarray(count_minus)):
+    rows = bucket(p + m, pool_size)
+    out.append((rows, bucket(2 * p, pool_size), bucket(p, rows)))
+  return tuple(out)
 
 
 def default_ridge(sizes: Sequence[int], dim: int) -> float:
@@ -314,28 +402,49 @@ def _nan_errors(shape, dtype) -> ClassErrors:
   return ClassErrors(nan, nan)
 
 
-def _plug_in(x, is_plus, counts, ridge, dimension, objective):
-  """Plug-in surrogate of the rows weighted by `counts`, its optimal weight, and whether defined."""
-  stats = recommend.plug_in_stats(x, is_plus, counts)
-  sur = recommend.surrogate(stats, dimension, x.shape[1])
-  best = theory.optimal_weight(sur.mixture, sur.delta, ridge, objective)
-  defined = (sur.signal > 0) & ((ridge > 0) | (sur.delta < 1)) & jnp.isfinite(best.weight)
-  return best, defined
+def _flat_surrogate(sur: recommend.Surrogate, shape) -> recommend.Surrogate:
+  """Every field broadcast to `shape` and flattened."""
+  return jax.tree.map(lambda a: jnp.broadcast_to(a, shape).reshape(-1), sur)
+
+
+def _theory_weights(surrogates: Sequence[recommend.Surrogate], ridge: float,
+                    objective: str) -> list[tuple[theory.OptimalWeight, jax.Array]]:
+  """`theory.optimal_weight` of each surrogate (1-D fields), all in one vmapped search.
+
+  One search over the concatenation compiles the scalar theory once per sweep instead of
+  once per call site and row-buffer group.
+
+  Returns:
+    Per surrogate (OptimalWeight, defined): defined = the debiased squared mean difference
+    is > 0, the theory applies (ridge > 0 or delta < 1) and the search found a weight.
+  """
+  joined = jax.tree.map(lambda *parts: jnp.concatenate(parts), *surrogates)
+  best = jax.vmap(lambda mix, delta: theory.optimal_weight(mix, delta, ridge, objective))(
+      joined.mixture, joined.delta)
+  defined = (joined.signal > 0) & ((ridge > 0) | (joined.delta < 1)) & jnp.isfinite(best.weight)
+  out, start = [], 0
+  for sur in surrogates:
+    stop = start + sur.delta.shape[0]
+    out.append((jax.tree.map(lambda a, i=start, j=stop: a[i:j], best), defined[start:stop]))
+    start = stop
+  return out
 
 
 def sweep(x_pool: jax.Array, y_pool: jax.Array, x_test: jax.Array, y_test: jax.Array,
           subsamples: Subsamples, weights: jax.Array, *, ridge: float = 0.0,
           objective: str = "worst", dimension: str = "ambient",
           batch_size: int = 8,
-          row_buffers: tuple[tuple[int, int], ...] | None = None) -> RetrainResult:
+          row_buffers: tuple[tuple[int, int, int], ...] | None = None) -> RetrainResult:
   """Retrains the last layer on every subsample for every weight and method (pure).
 
-  Jit it with `static_argnames=retrain.STATIC`; `ridge` must be a Python float (a concrete
-  ridge > 0 lets `lls.factor` skip its ridgeless-interpolator branch).
+  Jit it with `static_argnames=retrain.STATIC`; `ridge` must be a Python float (a ridge > 0
+  lets `lls.factor_low_rank` skip its ridgeless-interpolator branch).
 
-  Derivation of the cost: per subsample one `lls.factor` (O(N d^2 + d^3)) serves the K grid
-  weights and the five method weights (O(d^2) each), one plug-in estimate (O(N d^2) plus a
-  scalar search over the weight), and one extra fit for downsampling.
+  Derivation of the cost: per subsample one `lls.factor_low_rank` (O(B r^2 + r^3 / 3 + r^2 P
+  + P^3), r = min(B, d), P = B_plus) serves the K grid weights and the five method weights
+  (O(r P) each) and, through its within-class scatter, the plug-in statistics; a scalar
+  search per subsample and method (all in one vectorized call); one Cholesky solve for
+  downsampling.
 
   Args:
     x_pool: retraining pool embeddings [N, d].
@@ -348,11 +457,12 @@ def sweep(x_pool: jax.Array, y_pool: jax.Array, x_test: jax.Array, y_test: jax.A
     objective: "worst" or "balanced", the objective of the theory weights.
     dimension: d_eff of the `theory` / `theory_pool` methods and of the overlay: "ambient"
       (delta = d / n, the default) or "participation".
-    batch_size: subsamples whose plug-in statistics are computed together (memory ~
-      batch_size * N * d floats); the factorizations go one subsample at a time.
-    row_buffers: static, per size, (B, B_down): the subsample's kept rows (at most B) and
-      its balanced downsampling's (at most B_down) are gathered into buffers of these
-      lengths (see `buffer_lengths`). They must bound the counts; None: all N rows, masked.
+    batch_size: subsamples whose method weights are solved and scored together (memory ~
+      batch_size * 5 * (M + d) floats); the factorizations go one subsample at a time.
+    row_buffers: static, per size, (B, B_down, B_plus): the subsample's kept rows (at most
+      B) and its balanced downsampling's (at most B_down) are gathered into buffers of these
+      lengths, and its minority rows (at most B_plus) into a third one (see `buffer_lengths`).
+      They must bound the counts; None: all N rows, masked.
 
   Returns:
     RetrainResult.
@@ -370,7 +480,6 @@ def sweep(x_pool: jax.Array, y_pool: jax.Array, x_test: jax.Array, y_test: jax.A
   ridge = float(ridge)
   dtype = x_pool.dtype
   weights = jnp.asarray(weights, dtype)
-  num_weights = weights.shape[0]
 
   # Centre and scale by the pool (see module docstring).
   center = jnp.mean(x_pool, axis=0)
@@ -378,116 +487,133 @@ def sweep(x_pool: jax.Array, y_pool: jax.Array, x_test: jax.Array, y_test: jax.A
   x = (x_pool - center) / scale
   xt = (x_test - center) / scale
   is_plus = y_pool > 0
-  y = y_pool.astype(dtype)
   sizes = (subsamples.count_plus + subsamples.count_minus).astype(dtype)
 
   # Pool plug-in ("oracle-ish" weights and the theory overlay), once.
   pool = recommend.surrogate(recommend.plug_in_stats(x, is_plus), dimension, d)
-  pool_mix, pool_signal = pool.mixture, pool.signal > 0
+  pool_mix = pool.mixture
   delta = pool.dimension / sizes                                              # [S]
   curves = theory.class_errors(pool_mix, delta[:, None], weights[None, :], ridge)
-  pool_best = theory.optimal_weight(pool_mix, delta, ridge, objective)
   pool_prior = (1.0 - pool_mix.pi_plus) / pool_mix.pi_plus
   prior_curve = theory.class_errors(pool_mix, delta, pool_prior, ridge)
   down_curve = theory.downsampled_class_errors(pool_mix, delta, ridge)
-  pool_ok = pool_signal & jnp.isfinite(pool_best.weight)
-  pool_weight = jnp.where(pool_ok, pool_best.weight, pool_prior)
 
   def errors_of(layer):
     return empirical_class_errors(lls.scores(layer, xt), y_test)
 
-  # Two passes over the S * R subsamples. jaxlib 0.10's CPU LAPACK kernels, given a batch of
-  # matrices, split it over XLA's intra-op thread pool and block a pool thread until the
-  # chunks finish; two such calls in flight at once on a 2-thread pool deadlock (observed
-  # here: a batched cholesky and a batched eigh, both waiting forever). So the pass that
-  # needs no LAPACK (plug-in statistics and the scalar weight search) is vmapped in batches,
-  # and the pass with the factorizations maps over one subsample at a time (unbatched LAPACK
-  # calls run inline; independent factorizations still run side by side).
+  # Three steps over the S * R subsamples:
+  #   1. per subsample (one at a time): the factorization, whose within-class scatter also
+  #      gives the plug-in statistics, the K grid weights, and the downsampling fit;
+  #   2. every theory weight (per subsample and on the pool) in one vectorized search;
+  #   3. per subsample, batched: the five method weights from the stored factorizations.
+  # Step 1 maps over one subsample at a time because jaxlib 0.10's CPU LAPACK kernels,
+  # given a batch of matrices, split it over XLA's intra-op thread pool and block a pool
+  # thread until the chunks finish; two such calls in flight at once on a 2-thread pool
+  # deadlock (observed: a batched cholesky and a batched eigh, both waiting forever).
+  # Steps 2 and 3 call no LAPACK and are vmapped (step 3 in batches of `batch_size`).
   #
-  # Row buffers: a subsample of size n needs only its n kept rows. Sizes that share a
-  # buffer length B (static, `row_buffers`) gather their kept rows (kept first, then masked
+  # Row buffers: a subsample of size n needs only its n kept rows. Sizes that share buffer
+  # lengths (static, `row_buffers`) gather their kept rows (kept first, then masked
   # filler) into [B, d], so the Gram matrices cost O(B d min(B, d)) instead of O(N d^2) and
-  # `lls.factor` takes its dual (QR) path when B < d. Masks stay the source of truth.
+  # the factorization works in the row space when B < d. Masks stay the source of truth.
 
   def gather(mask, rows: int):
     if rows >= n_pool:
-      return x, y, is_plus, mask
+      return x, is_plus, mask
     keep = jnp.argsort(-mask, stable=True)[:rows]
-    return x[keep], y[keep], is_plus[keep], mask[keep]
+    return x[keep], is_plus[keep], mask[keep]
 
-  def choose(item, rows):
-    mask, s = item
-    xs, _, plus, m = gather(mask, rows)
-    counts_plus = jnp.sum(m * plus)
-    prior = (jnp.sum(m) - counts_plus) / counts_plus
-    best, ok = _plug_in(xs, plus, m, ridge, dimension, objective)
-    best_pr, ok_pr = _plug_in(xs, plus, m, ridge, "participation", objective)
-    method_weights = jnp.stack([
-        jnp.ones_like(prior), prior, jnp.where(ok, best.weight, prior),
-        jnp.where(ok_pr, best_pr.weight, prior), pool_weight[s]]).astype(dtype)
-    nan = jnp.full((), jnp.nan, dtype)
-    predicted = ClassErrors(
-        jnp.stack([nan, nan, jnp.where(ok, best.err_plus, nan),
-                   jnp.where(ok_pr, best_pr.err_plus, nan), nan]),
-        jnp.stack([nan, nan, jnp.where(ok, best.err_minus, nan),
-                   jnp.where(ok_pr, best_pr.err_minus, nan), nan]))
-    return method_weights, predicted, ok
+  def fit(item, rows, down_rows, plus_rows):
+    mask, down_mask = item
+    xs, plus, m = gather(mask, rows)
+    factors = lls.factor_low_rank(xs, plus, m, ridge=ridge, plus_rows=plus_rows)
+    stats = recommend.plug_in_stats(xs, plus, m, scatter=factors.within)
+    layers = lls.solve_low_rank(factors, weights)
+    xd, plus_d, md = gather(down_mask, down_rows)
+    down = lls.solve_low_rank(lls.factor_low_rank(xd, plus_d, md, ridge=ridge, plus_rows=0),
+                              jnp.ones((1,), dtype))
+    down = lls.LastLayer(down.w[0], down.b[0])
+    return factors, stats, layers, errors_of(layers), down, errors_of(down)
 
-  def fit(item, rows, down_rows):
-    mask, down_mask, method_weights = item
-    xs, ys, _, m = gather(mask, rows)
-    factors = lls.factor(xs, ys, ridge=ridge, mask=m)
-    layers = lls.solve_factored(factors, jnp.concatenate([weights, method_weights]))
-    xd, yd, _, md = gather(down_mask, down_rows)
-    down = lls.fit(xd, yd, 1.0, ridge=ridge, mask=md)
-    return layers, errors_of(layers), down, errors_of(down)                 # errs [K + 5]
+  def fit_methods(factors, method_weights):
+    layers = lls.solve_low_rank(factors, method_weights)
+    return layers, errors_of(layers)
 
   if row_buffers is None:
-    row_buffers = ((n_pool, n_pool),) * num_sizes
-  if len(row_buffers) != num_sizes:
-    raise ValueError(f"row_buffers: expected {num_sizes} (rows, downsample_rows) pairs, got "
-                     f"{len(row_buffers)}")
-  groups: dict[tuple[int, int], list[int]] = {}
+    row_buffers = ((n_pool, n_pool, n_pool),) * num_sizes
+  if len(row_buffers) != num_sizes or any(len(b) != 3 for b in row_buffers):
+    raise ValueError(f"row_buffers: expected {num_sizes} (rows, downsample_rows, plus_rows) "
+                     f"triples, got {row_buffers!r}")
+  groups: dict[tuple[int, int, int], list[int]] = {}
   for s, buffers in enumerate(row_buffers):
-    groups.setdefault((int(buffers[0]), int(buffers[1])), []).append(s)
-  outputs, order = [], []
-  for (rows, down_rows), members in groups.items():
-    index = np.asarray(members)
-    flat = lambda a: a[index].reshape((-1,) + a.shape[2:])
-    masks, down_masks = flat(subsamples.mask), flat(subsamples.downsample)
-    size_index = jnp.asarray(np.repeat(index, num_repeats))
-    chosen = jax.lax.map(lambda item: choose(item, rows), (masks, size_index),
-                         batch_size=max(1, min(batch_size, masks.shape[0])))
-    fitted = jax.lax.map(lambda item: fit(item, rows, down_rows),
-                         (masks, down_masks, chosen[0]))
-    outputs.append((*fitted, *chosen))
-    order.extend(members)
+    groups.setdefault(tuple(int(b) for b in buffers), []).append(s)
+  order = [s for members in groups.values() for s in members]
   inverse = np.argsort(np.asarray(order))
-  layers, errs, down, down_errs, method_weights, predicted, ok = jax.tree.map(
-      lambda *parts: jnp.concatenate(parts).reshape(
-          (len(order), num_repeats) + parts[0].shape[1:])[inverse], *outputs)
+
+  def per_group(a):
+    """[S, R, ...] -> per group [G_i * R, ...]."""
+    return [a[np.asarray(members)].reshape((-1,) + a.shape[2:]) for members in groups.values()]
+
+  def regroup(parts):
+    """Per group [G_i * R, ...] -> [S, R, ...] in size order."""
+    return jax.tree.map(lambda *p: jnp.concatenate(p).reshape(
+        (num_sizes, num_repeats) + p[0].shape[1:])[inverse], *parts)
+
+  # 1. Factorizations, plug-in statistics, grid weights, downsampling.
+  first = [jax.lax.map(
+      lambda item, key=key: fit(item, key[0], key[1], min(key[2], key[0])), (masks, down))
+      for key, masks, down in zip(groups, per_group(subsamples.mask),
+                                  per_group(subsamples.downsample))]
+  factors = [f[0] for f in first]                       # per group (shapes differ)
+  stats, layers, errs, down, down_errs = regroup([f[1:] for f in first])
+
+  # 2. Every theory weight: per subsample (d_eff = `dimension` and "participation") and on
+  # the pool per size, one search.
+  shape = (num_sizes, num_repeats)
+  pool_per_size = pool._replace(delta=delta)
+  (best, ok), (best_pr, ok_pr), (pool_best, pool_ok) = _theory_weights(
+      [_flat_surrogate(recommend.surrogate(stats, dimension, d), shape),
+       _flat_surrogate(recommend.surrogate(stats, "participation", d), shape),
+       _flat_surrogate(pool_per_size, (num_sizes,))], ridge, objective)
+  best, best_pr = (jax.tree.map(lambda a: a.reshape(shape), b) for b in (best, best_pr))
+  ok, ok_pr = ok.reshape(shape), ok_pr.reshape(shape)
+  prior = stats.count_minus / stats.count_plus                                # [S, R]
+  pool_weight = jnp.where(pool_ok, pool_best.weight, pool_prior)              # [S]
+  method_weights = jnp.stack([
+      jnp.ones_like(prior), prior, jnp.where(ok, best.weight, prior),
+      jnp.where(ok_pr, best_pr.weight, prior),
+      jnp.broadcast_to(pool_weight[:, None], shape)], axis=-1).astype(dtype)  # [S, R, 5]
+  nan = jnp.full(shape, jnp.nan, dtype)
+  predicted = ClassErrors(
+      jnp.stack([nan, nan, jnp.where(ok, best.err_plus, nan),
+                 jnp.where(ok_pr, best_pr.err_plus, nan), nan], axis=-1),
+      jnp.stack([nan, nan, jnp.where(ok, best.err_minus, nan),
+                 jnp.where(ok_pr, best_pr.err_minus, nan), nan], axis=-1))
+
+  # 3. The method weights, from the stored factorizations.
+  method_layers, method_errs = regroup([
+      jax.lax.map(lambda item: fit_methods(*item), (f, w),
+                  batch_size=max(1, min(batch_size, w.shape[0])))
+      for f, w in zip(factors, per_group(method_weights))])
 
   # Back to raw coordinates: w.(x - c) / s + b = (w / s).x + (b - c.w / s).
   def raw(layer):
     w = layer.w / scale
     return lls.LastLayer(w, layer.b - w @ center)
 
-  layers, down = raw(layers), raw(down)
-  grid = lls.LastLayer(layers.w[..., :num_weights, :], layers.b[..., :num_weights])
-  grid_errors = ClassErrors(errs.err_plus[..., :num_weights], errs.err_minus[..., :num_weights])
+  grid, down, method_layers = raw(layers), raw(down), raw(method_layers)
 
   def method(i):
-    k = num_weights + i
     return MethodResult(method_weights[..., i],
-                        ClassErrors(errs.err_plus[..., k], errs.err_minus[..., k]),
+                        ClassErrors(method_errs.err_plus[..., i], method_errs.err_minus[..., i]),
                         ClassErrors(predicted.err_plus[..., i], predicted.err_minus[..., i]),
-                        lls.LastLayer(layers.w[..., k, :], layers.b[..., k]))
+                        lls.LastLayer(method_layers.w[..., i, :], method_layers.b[..., i]))
 
   # Hindsight best grid weight on the test split (ties: the first, i.e. the smallest weight).
-  best_k = jnp.argmin(jnp.nan_to_num(grid_errors.worst, nan=jnp.inf), axis=-1)   # [S, R]
+  best_k = jnp.argmin(jnp.nan_to_num(errs.worst, nan=jnp.inf), axis=-1)         # [S, R]
   take = lambda a: jnp.take_along_axis(a, best_k[..., None], axis=-1)[..., 0]
   oracle = MethodResult(
-      weights[best_k], ClassErrors(take(grid_errors.err_plus), take(grid_errors.err_minus)),
+      weights[best_k], ClassErrors(take(errs.err_plus), take(errs.err_minus)),
       _nan_errors(best_k.shape, dtype),
       lls.LastLayer(jnp.take_along_axis(grid.w, best_k[..., None, None], axis=-2)[..., 0, :],
                     take(grid.b)))
@@ -505,7 +631,7 @@ def sweep(x_pool: jax.Array, y_pool: jax.Array, x_test: jax.Array, y_test: jax.A
       grid_oracle=oracle)
   curves = TheoryCurves(pool_mix, delta, curves, pool_best, prior_curve, down_curve)
   return RetrainResult(sizes, subsamples.count_plus, subsamples.count_minus, weights,
-                       grid_errors, grid, methods, ok, curves, jnp.asarray(ridge, dtype), scale)
+                       errs, grid, methods, ok, curves, jnp.asarray(ridge, dtype), scale)
 
 
 def _run(x_pool, y_pool, x_test, y_test, key, count_plus, count_minus, weights, *,
