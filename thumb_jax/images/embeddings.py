@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from thumb_jax.images import resnet
 from thumb_jax.images.train import padded_batches
@@ -69,7 +70,9 @@ def extract_embeddings(state_or_variables, model: resnet.ResNet, images: np.ndar
   embed = jax.jit(_embed, static_argnums=0)
   out = np.empty((len(images), model.latent_dim), np.float32)
   start = 0
-  for (chunk,), mask in padded_batches((images,), batch_size):
+  batches = padded_batches((images,), batch_size)
+  for (chunk,), mask in tqdm(batches, desc=f"embeddings of {len(images)} images", unit="batch",
+                             total=-(-len(images) // batch_size), leave=False):
     m = int(mask.sum())
     out[start:start + m] = np.asarray(embed(model, variables, chunk))[:m]
     start += m

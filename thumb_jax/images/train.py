@@ -326,7 +326,10 @@ def _check_split(name: str, split, image_size: int) -> None:
 def evaluate(eval_fn, state: TrainState, split, *, batch_size: int) -> dict[str, float]:
   """Loss, accuracy and the per-class errors err_plus / err_minus of a split."""
   total = None
-  for (images, labels), mask in padded_batches((split.images, split.labels), batch_size):
+  batches = padded_batches((split.images, split.labels), batch_size)
+  for (images, labels), mask in tqdm(batches, desc=f"eval on {len(split.labels)} images",
+                                     unit="batch", total=-(-len(split.labels) // batch_size),
+                                     leave=False):
     sums = eval_fn(state, Batch(images, labels, mask))
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   t = EvalSums(*(float(v) for v in jax.device_get(total)))
