@@ -2,24 +2,31 @@
 
     python -m experiments.downsampling --out out/downsampling [--quick] [--set d=400]
 
-Methods on the same pool (ridge 0, float32 simulation):
-  optimal   weight = theory.optimal_weight (worst-class objective) at delta = d / n;
-  prior     weight = pi_- / pi_+;
+Methods on the same pool (float32 simulation):
+  optimal    weight = theory.optimal_weight (worst-class objective) at delta = d / n;
+  prior      weight = pi_- / pi_+;
   unweighted weight = 1;
   downsample keep the n_+ minority rows and n_+ majority rows, weight 1: delta' = d / (2 n_+);
-            with delta' > 1 the ridge-0 fit is the minimum-norm interpolator (lls returns it,
-            theory.downsampled_class_errors switches to interpolator_class_errors).
-Figure: worst-class error against n (theory lines, simulation points with 95% CIs), and
-the per-class errors of each method.
+             with delta' > 1 the ridge-0 fit is the minimum-norm interpolator (lls returns it,
+             theory.downsampled_class_errors switches to interpolator_class_errors).
+Two regimes (`regimes`), one row of panels each:
+  ridge0  every method ridgeless. Near delta = 1 the full-data fit sits on the interpolation
+          peak of its variance, while the downsampled fit is already past it: there
+          downsampling wins (and loses for small delta).
+  tuned   each method with its own best ridge of `ridge_grid` per n, chosen by the theory
+          (for `optimal`, jointly with the weight: the best (ridge, weight) pair). This is
+          the comparison the paper's claim is about: a tuned weighted fit against a tuned
+          downsampled fit.
+Figure: worst-class and per-class error against n (theory lines, simulation points with
+95% CIs), one row per regime.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import matplotlib.pyplot as plt
@@ -32,6 +39,7 @@ from thumb_jax.metrics import ClassErrors
 from thumb_jax.mixture import GaussianMixture
 
 METHODS = ("optimal", "prior", "unweighted", "downsample")
+REGIMES = ("ridge0", "tuned")
 COLORS = {"optimal": "tab:blue", "prior": "tab:gray", "unweighted": "tab:orange",
           "downsample": "tab:green"}
 
@@ -46,8 +54,12 @@ class Config:
   # delta = d / n; chosen so that the downsampled delta' = delta / (2 pi_+) avoids 1,
   # where the ridgeless fit is singular and finite-d fluctuations are largest.
   deltas: tuple[float, ...] = (0.1, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9)
+  regimes: tuple[str, ...] = REGIMES
+  # Ridges the "tuned" regime chooses from (the best one sits inside the grid: large ridges
+  # pay off here, where the class means carry the signal).
+  ridge_grid: tuple[float, ...] = tuple(float(r) for r in np.geomspace(1e-2, 1e4, 13))
   theory_points: int = 120
-  log10_range: tuple[float, float] = (-2.0, 4.0)   # optimal-weight search
+  log10_range: tuple[float, float] = (-2.0, 7.0)   # optimal-weight search
   theory_x64: bool = True
 
 
@@ -56,147 +68,224 @@ def config() -> Config:
 
 
 def quick(cfg: Config) -> Config:
-  return dataclasses.replace(cfg, num_seeds=4, d=64, deltas=(0.1, 0.3, 0.6), theory_points=16)
+  return dataclasses.replace(cfg, num_seeds=4, d=64, deltas=(0.1, 0.3, 0.6), theory_points=16,
+                             ridge_grid=(0.1, 10.0, 1000.0))
 
 
-def optimal_weights(cfg: Config, mixture: GaussianMixture, deltas: np.ndarray):
-  search = jax.jit(functools.partial(theory.optimal_weight, mixture, objective="worst",
-                                     log10_range=tuple(cfg.log10_range)))
-  return search(deltas)
+class Choice(NamedTuple):
+  """Per method, the (ridge, weight) of each delta [D] and the theory's errors there."""
+  ridge: dict
+  weight: dict
+  errors: dict          # method -> ClassErrors [D]
 
 
-def theory_curves(cfg: Config, mixture: GaussianMixture) -> dict:
+def _best_over_ridges(errors: ClassErrors, ridges: np.ndarray):
+  """Index [D] of the ridge (last axis) with the smallest worst-class error, and its errors."""
+  worst = np.maximum(np.asarray(errors.err_plus), np.asarray(errors.err_minus))
+  k = np.nanargmin(np.where(np.isfinite(worst), worst, np.nan), axis=-1)
+  take = lambda a: np.take_along_axis(np.asarray(a), k[:, None], axis=-1)[:, 0]
+  return ridges[k], ClassErrors(take(errors.err_plus), take(errors.err_minus)), take
+
+
+def _candidates(mixture: GaussianMixture, delta, ridges, *, log10_range):
+  """Theory of every method at one (pi_plus, delta) for every ridge [R] (traceable)."""
+  best = theory.optimal_weight(mixture, delta, ridges, objective="worst",
+                               log10_range=log10_range)
+  ratio = (1.0 - mixture.pi_plus) / mixture.pi_plus
+  return best.weight, {
+      "optimal": ClassErrors(best.err_plus, best.err_minus),
+      "prior": theory.class_errors(mixture, delta, ratio, ridges),
+      "unweighted": theory.class_errors(mixture, delta, 1.0, ridges),
+      "downsample": theory.downsampled_class_errors(mixture, delta, ridges)}
+
+
+def choose(cfg: Config, mixture: GaussianMixture, deltas: np.ndarray, regime: str, *,
+           pi_plus: np.ndarray | None = None) -> Choice:
+  """Each method's ridge and weight per delta under `regime` (module docstring), by theory.
+
+  Args:
+    cfg, mixture: the experiment's config and model.
+    deltas: [D] d / n.
+    regime: "ridge0" or "tuned".
+    pi_plus: [D] minority share per delta (default: the model's). The simulation passes the
+      realized n_+ / n of each size: with a large ridge the scores shrink like 1 / ridge
+      while the intercept's offset 2p - 1 does not, so the best weight must balance the
+      realized counts exactly (the prior method then uses n_- / n_+ too).
+
+  Returns:
+    Choice with [D] arrays. Downsampled errors: theory.downsampled_class_errors at delta.
+  """
+  if regime not in REGIMES:
+    raise ValueError(f"regimes: expected names from {REGIMES}, got {regime!r}")
+  deltas = np.asarray(deltas, np.float64)
+  pis = np.full(deltas.shape, cfg.pi_plus) if pi_plus is None else np.asarray(pi_plus)
+  ridges = np.zeros(1) if regime == "ridge0" else np.asarray(cfg.ridge_grid, np.float64)
+  one = lambda pi, delta: _candidates(mixture._replace(pi_plus=pi), delta, ridges,
+                                      log10_range=tuple(cfg.log10_range))
+  weights, candidates = jax.jit(jax.vmap(one))(pis, deltas)                     # [D, R]
+  ridge, weight, errors = {}, {}, {}
+  for method, errs in candidates.items():
+    ridge[method], errors[method], take = _best_over_ridges(errs, ridges)
+    weight[method] = {"optimal": take(weights), "prior": (1.0 - pis) / pis,
+                      "unweighted": np.ones(len(deltas)),
+                      "downsample": np.ones(len(deltas))}[method]
+  return Choice(ridge, weight, errors)
+
+
+def theory_curves(cfg: Config, mixture: GaussianMixture, regime: str) -> dict:
   """Per-class errors of each method on a dense delta grid (n = d / delta)."""
   deltas = np.linspace(0.02, 0.97, cfg.theory_points)
-  ratio = float(theory.prior_ratio(cfg.pi_plus))
-  best = optimal_weights(cfg, mixture, deltas)
-  errors = {"optimal": ClassErrors(best.err_plus, best.err_minus),
-            "prior": theory.class_errors(mixture, deltas, ratio),
-            "unweighted": theory.class_errors(mixture, deltas, 1.0),
-            "downsample": theory.downsampled_class_errors(mixture, deltas)}
-  return {"delta": deltas, "n": cfg.d / deltas, "optimal_weight": best.weight,
-          **{m: {"err_plus": e.err_plus, "err_minus": e.err_minus,
+  choice = choose(cfg, mixture, deltas, regime)
+  return {"delta": deltas, "n": cfg.d / deltas,
+          **{m: {"ridge": choice.ridge[m], "weight": choice.weight[m],
+                 "err_plus": e.err_plus, "err_minus": e.err_minus,
                  "worst": np.maximum(np.asarray(e.err_plus), np.asarray(e.err_minus))}
-             for m, e in errors.items()}}
+             for m, e in choice.errors.items()}}
 
 
 def simulate(cfg: Config, mixture: GaussianMixture, keys: jax.Array) -> dict:
+  """All regimes, methods and sizes in one sweep: one row (mask, weight, ridge) each."""
   sizes = gaussian.sizes_for(cfg.deltas, cfg.d)
   y = gaussian.pool_labels(mixture, int(sizes.max()))
-  full = mixture_lib.nested_masks(y, sizes, pi_plus=cfg.pi_plus)
-  down = gaussian.downsample_masks(y, sizes, cfg.pi_plus)
+  full = np.asarray(mixture_lib.nested_masks(y, sizes, pi_plus=cfg.pi_plus))
+  down = np.asarray(gaussian.downsample_masks(y, sizes, cfg.pi_plus))
   realized = cfg.d / sizes
-  n_down = np.asarray(down.sum(axis=1)).astype(int)
-  ratio = float(theory.prior_ratio(cfg.pi_plus))
+  n_down = down.sum(axis=1).astype(int)
+  # delta' = d / n_down is reached by delta = 2 pi_+ d / n_down (theory at the realized sizes).
+  delta_down = 2 * cfg.pi_plus * cfg.d / n_down
+  pis = np.asarray([mixture_lib.class_counts(int(n), cfg.pi_plus)[0] / n for n in sizes])
+  choices = {}
   with jax.enable_x64(cfg.theory_x64):
-    w_opt = np.asarray(optimal_weights(cfg, mixture, realized).weight, np.float64)
-  # One sweep: R = 2 * sizes rows (full masks with K = 3 weights, then downsampled masks
-  # with weight 1, padded to K = 3 by repetition).
-  rows = len(sizes)
-  weights = np.concatenate([np.stack([w_opt, np.full(rows, ratio), np.ones(rows)], axis=1),
-                            np.ones((rows, 3))])
-  masks = np.concatenate([np.asarray(full), np.asarray(down)])
-  errors = gaussian.run_sweep(mixture, keys, d=cfg.d, masks=masks, weights=weights,
-                              ridges=np.zeros(2 * rows))
-  pick = {"optimal": (slice(0, rows), 0), "prior": (slice(0, rows), 1),
-          "unweighted": (slice(0, rows), 2), "downsample": (slice(rows, 2 * rows), 0)}
-  # Theory at the realized sizes: delta' = d / n_down is reached by delta = 2 pi_+ d / n_down.
-  with jax.enable_x64(cfg.theory_x64):
-    at_points = {"optimal": theory.class_errors(mixture, realized, w_opt),
-                 "prior": theory.class_errors(mixture, realized, ratio),
-                 "unweighted": theory.class_errors(mixture, realized, 1.0),
-                 "downsample": theory.downsampled_class_errors(
-                     mixture, 2 * cfg.pi_plus * cfg.d / n_down)}
+    for regime in cfg.regimes:
+      at_sizes = choose(cfg, mixture, realized, regime, pi_plus=pis)
+      at_down = choose(cfg, mixture, delta_down, regime)
+      choices[regime] = at_sizes._replace(
+          ridge={**at_sizes.ridge, "downsample": at_down.ridge["downsample"]},
+          errors={**at_sizes.errors, "downsample": at_down.errors["downsample"]})
+  masks, weights, ridges, index = [], [], [], {}
+  for regime, choice in choices.items():
+    for method in METHODS:
+      index[regime, method] = slice(len(masks), len(masks) + len(sizes))
+      masks.extend(down if method == "downsample" else full)
+      weights.extend(choice.weight[method])
+      ridges.extend(choice.ridge[method])
+  errors = gaussian.run_sweep(mixture, keys, d=cfg.d, masks=np.stack(masks),
+                              weights=np.asarray(weights)[:, None], ridges=np.asarray(ridges))
   out = {"n": sizes, "delta": realized, "n_downsampled": n_down,
-         "delta_downsampled": cfg.d / n_down, "optimal_weight": w_opt, "prior_ratio": ratio}
-  agreements = {}
-  for method, (rows_of, k) in pick.items():
-    e = ClassErrors(errors.err_plus[:, rows_of, k], errors.err_minus[:, rows_of, k])
-    summary = gaussian.summarize(e)
-    th = ClassErrors(np.asarray(at_points[method].err_plus), np.asarray(at_points[method].err_minus))
-    out[method] = {"err_plus": gaussian.ci_dict(summary.err_plus),
-                   "err_minus": gaussian.ci_dict(summary.err_minus),
-                   "worst": gaussian.ci_dict(summary.worst),
-                   "theory_err_plus": th.err_plus, "theory_err_minus": th.err_minus,
-                   "theory_worst": np.maximum(th.err_plus, th.err_minus)}
-    agreements[method] = gaussian.agreement(summary, th)
-  out["agreement"] = agreements
+         "delta_downsampled": cfg.d / n_down}
+  for regime, choice in choices.items():
+    entry, agreements = {}, {}
+    for method in METHODS:
+      rows = index[regime, method]
+      e = ClassErrors(errors.err_plus[:, rows, 0], errors.err_minus[:, rows, 0])
+      summary = gaussian.summarize(e)
+      th = ClassErrors(np.asarray(choice.errors[method].err_plus),
+                       np.asarray(choice.errors[method].err_minus))
+      entry[method] = {"ridge": choice.ridge[method], "weight": choice.weight[method],
+                       "err_plus": gaussian.ci_dict(summary.err_plus),
+                       "err_minus": gaussian.ci_dict(summary.err_minus),
+                       "worst": gaussian.ci_dict(summary.worst),
+                       "theory_err_plus": th.err_plus, "theory_err_minus": th.err_minus,
+                       "theory_worst": np.maximum(th.err_plus, th.err_minus)}
+      agreements[method] = gaussian.agreement(summary, th)
+    entry["agreement"] = agreements
+    out[regime] = entry
   return out
 
 
 def plot(cfg: Config, curves: dict, sim: dict):
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4.0))
+  regimes = list(cfg.regimes)
+  fig, axes = plt.subplots(len(regimes), 3, figsize=(15, 4.0 * len(regimes)), squeeze=False)
   labels = {"optimal": "optimal weight (worst class)", "prior": r"weight $\pi_-/\pi_+$",
             "unweighted": "weight 1", "downsample": "downsample majority, weight 1"}
-  for method in METHODS:
-    color = COLORS[method]
-    axes[0].plot(curves["n"], curves[method]["worst"], "-", color=color, label=labels[method])
-    mean = sim[method]["worst"]["mean"]
-    yerr = np.stack([mean - sim[method]["worst"]["low"], sim[method]["worst"]["high"] - mean])
-    axes[0].errorbar(sim["n"], mean, yerr=yerr, fmt="o", color=color, ms=4, capsize=2)
-    for ax, cls in ((axes[1], "err_plus"), (axes[2], "err_minus")):
-      ax.plot(curves["n"], curves[method][cls], "-", color=color)
-      mean = sim[method][cls]["mean"]
-      yerr = np.stack([mean - sim[method][cls]["low"], sim[method][cls]["high"] - mean])
-      ax.errorbar(sim["n"], mean, yerr=yerr, fmt="o", color=color, ms=4, capsize=2)
-  threshold = cfg.d / (2 * cfg.pi_plus)   # n below which downsampling interpolates
   titles = ("worst-class error", r"minority error $err_+$", r"majority error $err_-$")
-  for ax, title in zip(axes, titles):
-    ax.axvline(threshold, color="tab:green", lw=0.7, ls=":")
-    ax.set_xscale("log")
-    ax.set_xlabel(f"retraining set size n (d = {cfg.d})")
-    ax.set_title(title, fontsize=9)
-    ax.set_ylim(0, None)
-    ax.grid(alpha=0.3, which="both")
-  axes[0].text(threshold, 0.02, r" downsampled $\delta' = 1$", fontsize=7, color="tab:green")
-  handles, names = axes[0].get_legend_handles_labels()
-  fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.08))
-  fig.suptitle(rf"Weighting vs downsampling, $\pi_+ = {cfg.pi_plus}$, $|\mu| = {cfg.mean_norm}$, "
-               f"ridge 0: theory (lines), simulation (points, 95% CI over {cfg.num_seeds} seeds)",
+  threshold = cfg.d / (2 * cfg.pi_plus)   # n below which downsampling interpolates
+  for row, regime in zip(axes, regimes):
+    for method in METHODS:
+      color = COLORS[method]
+      for ax, cls in zip(row, ("worst", "err_plus", "err_minus")):
+        ax.plot(curves[regime]["n"], curves[regime][method][cls], "-", color=color,
+                label=labels[method] if cls == "worst" else None)
+        stats = sim[regime][method][cls]
+        mean = stats["mean"]
+        yerr = np.stack([mean - stats["low"], stats["high"] - mean])
+        ax.errorbar(sim["n"], mean, yerr=yerr, fmt="o", color=color, ms=4, capsize=2)
+    name = ("ridge 0" if regime == "ridge0"
+            else "each method's best ridge (theory, per n)")
+    for ax, title in zip(row, titles):
+      ax.axvline(threshold, color="tab:green", lw=0.7, ls=":")
+      ax.set_xscale("log")
+      ax.set_xlabel(f"retraining set size n (d = {cfg.d})")
+      ax.set_title(f"{title}, {name}", fontsize=9)
+      ax.set_ylim(0, None)
+      ax.grid(alpha=0.3, which="both")
+    row[0].text(threshold, 0.02, r" downsampled $\delta' = 1$", fontsize=7, color="tab:green")
+  handles, names = axes[0, 0].get_legend_handles_labels()
+  fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8,
+             bbox_to_anchor=(0.5, -0.04 if len(regimes) > 1 else -0.08))
+  fig.suptitle(rf"Weighting vs downsampling, $\pi_+ = {cfg.pi_plus}$, $|\mu| = {cfg.mean_norm}$: "
+               f"theory (lines), simulation (points, 95% CI over {cfg.num_seeds} seeds)",
                fontsize=9)
+  fig.tight_layout()
   return fig
 
 
-def csv_rows(sim: dict) -> list[dict]:
+def csv_rows(sim: dict, regimes: Sequence[str]) -> list[dict]:
   rows = []
-  for i, n in enumerate(sim["n"]):
-    for method in METHODS:
-      row = {"n": int(n), "delta": sim["delta"][i], "method": method,
-             "weight": {"optimal": sim["optimal_weight"][i], "prior": sim["prior_ratio"],
-                        "unweighted": 1.0, "downsample": 1.0}[method],
-             "n_fit": int(sim["n_downsampled"][i]) if method == "downsample" else int(n)}
-      for cls in ("err_plus", "err_minus", "worst"):
-        for stat in ("mean", "low", "high"):
-          row[f"{cls}_{stat}"] = sim[method][cls][stat][i]
-        row[f"theory_{cls}"] = np.asarray(sim[method][f"theory_{cls}"])[i]
-      rows.append(row)
+  for regime in regimes:
+    for i, n in enumerate(sim["n"]):
+      for method in METHODS:
+        entry = sim[regime][method]
+        row = {"regime": regime, "n": int(n), "delta": sim["delta"][i], "method": method,
+               "ridge": entry["ridge"][i], "weight": entry["weight"][i],
+               "n_fit": int(sim["n_downsampled"][i]) if method == "downsample" else int(n)}
+        for cls in ("err_plus", "err_minus", "worst"):
+          for stat in ("mean", "low", "high"):
+            row[f"{cls}_{stat}"] = entry[cls][stat][i]
+          row[f"theory_{cls}"] = np.asarray(entry[f"theory_{cls}"])[i]
+        rows.append(row)
   return rows
 
 
-def summarize(sim: dict) -> dict:
-  out = {"n": sim["n"], "optimal_weight": sim["optimal_weight"]}
-  for method in METHODS:
-    out[f"{method}_worst_sim"] = sim[method]["worst"]["mean"]
-    out[f"{method}_worst_theory"] = sim[method]["theory_worst"]
-    out[f"{method}_max_abs_gap"] = sim["agreement"][method]["max_abs_gap"]
-  opt, down = np.asarray(sim["optimal"]["theory_worst"]), np.asarray(sim["downsample"]["theory_worst"])
-  wins = np.asarray(sim["n"])[down < opt]
-  out["downsampling_beats_optimal_weighting_at_n"] = wins
+def summarize(sim: dict, regimes: Sequence[str]) -> dict:
+  out = {"n": sim["n"]}
+  for regime in regimes:
+    entry = sim[regime]
+    part = {"optimal_weight": entry["optimal"]["weight"]}
+    for method in METHODS:
+      part[f"{method}_ridge"] = entry[method]["ridge"]
+      part[f"{method}_worst_sim"] = entry[method]["worst"]["mean"]
+      part[f"{method}_worst_theory"] = entry[method]["theory_worst"]
+      part[f"{method}_max_abs_gap"] = entry["agreement"][method]["max_abs_gap"]
+    opt = np.asarray(entry["optimal"]["theory_worst"])
+    down = np.asarray(entry["downsample"]["theory_worst"])
+    part["downsampling_beats_optimal_weighting_at_n"] = np.asarray(sim["n"])[down < opt]
+    part["optimal_minus_downsample_worst_theory"] = opt - down
+    out[regime] = part
   return out
 
 
 def headline(summary: dict) -> str:
-  parts = []
-  for i, n in enumerate(summary["n"]):
-    parts.append(f"n={n}: opt {summary['optimal_worst_sim'][i]:.3f} / prior "
-                 f"{summary['prior_worst_sim'][i]:.3f} / down {summary['downsample_worst_sim'][i]:.3f}")
-  gaps = max(summary[f"{m}_max_abs_gap"] for m in METHODS)
-  return ("worst-class error (sim) " + "; ".join(parts)
-          + f"; max |sim - theory| {gaps:.3f}")
+  lines = []
+  for regime, part in summary.items():
+    if regime == "n":
+      continue
+    cells = [f"n={n}: opt {part['optimal_worst_sim'][i]:.3f} / prior "
+             f"{part['prior_worst_sim'][i]:.3f} / down {part['downsample_worst_sim'][i]:.3f}"
+             for i, n in enumerate(summary["n"])]
+    gaps = max(part[f"{m}_max_abs_gap"] for m in METHODS)
+    lines.append(f"{regime}: worst-class error (sim) " + "; ".join(cells)
+                 + f"; max |sim - theory| {gaps:.3f}")
+  return "\n".join(lines)
 
 
 def run(cfg: Config, out) -> dict:
   out = common.ensure_dir(out)
+  unknown = [r for r in cfg.regimes if r not in REGIMES]
+  if unknown:
+    raise ValueError(f"regimes: unknown {unknown}; expected names from {REGIMES}")
+  if not cfg.ridge_grid or min(cfg.ridge_grid) <= 0:
+    raise ValueError(f"ridge_grid: expected ridges > 0, got {cfg.ridge_grid}")
   mixture = GaussianMixture.symmetric(pi_plus=cfg.pi_plus, mean_norm=cfg.mean_norm)
   timings = {}
   keys = gaussian.fold(gaussian.seed_keys(cfg.seed, cfg.num_seeds), 0)
@@ -206,11 +295,11 @@ def run(cfg: Config, out) -> dict:
         sim = simulate(cfg, mixture, keys)
       elif stage == "theory":
         with jax.enable_x64(cfg.theory_x64):
-          curves = theory_curves(cfg, mixture)
+          curves = {regime: theory_curves(cfg, mixture, regime) for regime in cfg.regimes}
       else:
         common.save_figure(plot(cfg, curves, sim), Path(out) / "downsampling.png")
-  common.write_csv(Path(out) / "downsampling.csv", csv_rows(sim))
-  summary = summarize(sim)
+  common.write_csv(Path(out) / "downsampling.csv", csv_rows(sim, cfg.regimes))
+  summary = summarize(sim, cfg.regimes)
   results = {"simulation": sim, "theory": curves, "summary": summary, "seconds": timings}
   common.save_results(Path(out) / "results.json", config=cfg, results=results,
                       experiment="downsampling")

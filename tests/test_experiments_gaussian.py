@@ -217,12 +217,20 @@ def test_downsampling_main(tmp_path):
   out = tmp_path / "ds"
   downsampling.main(["--out", str(out), "--quick"])
   res = _check_outputs(out, ["downsampling.png"], "downsampling.csv")["results"]
-  sim = res["simulation"]
-  for method in downsampling.METHODS:
-    assert_finite(sim[method], method)
-    assert sim["agreement"][method]["max_abs_gap"] < MAX_GAP
+  sim, summary = res["simulation"], res["summary"]
+  for regime in downsampling.REGIMES:
+    for method in downsampling.METHODS:
+      assert_finite(sim[regime][method], f"{regime} {method}")
+      assert sim[regime]["agreement"][method]["max_abs_gap"] < MAX_GAP
   # The smallest n downsamples into the interpolating regime (delta' > 1).
   assert max(sim["delta_downsampled"]) > 1
+  # Ridgeless, downsampling wins at the largest delta (the full fit's interpolation peak);
+  # with each method's ridge tuned, the optimally weighted fit wins at every n.
+  assert summary["ridge0"]["optimal_minus_downsample_worst_theory"][-1] > 0
+  assert max(summary["tuned"]["optimal_minus_downsample_worst_theory"]) < 0
+  for regime in downsampling.REGIMES:
+    assert max(sim[regime]["optimal"]["ridge"]) == (0 if regime == "ridge0" else
+                                                    max(sim[regime]["optimal"]["ridge"]))
 
 
 def test_ridge_main(tmp_path):

@@ -174,6 +174,18 @@ def test_optimal_weight_beats_dense_grid(x64, objective):
   np.testing.assert_allclose(e_opt.err_plus, opt.err_plus, rtol=1e-5)
 
 
+def test_optimal_weight_broadcasts_to_a_named_result_over_delta_and_ridge():
+  """A [D, R] grid of (delta, ridge) gives OptimalWeight fields [D, R], each the 1-D search."""
+  deltas, ridges = jnp.array([0.1, 0.5]), jnp.array([0.0, 0.1, 10.0])
+  for search in (theory.optimal_weight, theory.equal_error_weight):
+    grid = jax.jit(search)(SYM1, deltas[:, None], ridges[None, :])
+    assert isinstance(grid, theory.OptimalWeight)
+    chex.assert_shape(grid.weight, (2, 3))
+    for j, ridge in enumerate(ridges):
+      column = search(SYM1, deltas, ridge)
+      np.testing.assert_allclose(grid.weight[:, j], column.weight, rtol=1e-5)
+
+
 def test_equal_error_weight_equalizes():
   opt = jax.jit(theory.equal_error_weight)(SYM1, jnp.array([0.01, 0.1, 0.3]))
   ok = np.isfinite(opt.weight)

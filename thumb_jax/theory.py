@@ -255,8 +255,9 @@ def optimal_weight(mixture: GaussianMixture, delta, ridge=0.0, objective: str = 
     weight = jnp.where(ok, 10.0 ** best, jnp.nan)
     return OptimalWeight(weight, errs.err_plus, errs.err_minus, val)
 
-  return jnp.vectorize(one)(jnp.asarray(delta, jnp.result_type(float)),
-                            jnp.asarray(ridge, jnp.result_type(float)))
+  # jnp.vectorize returns a plain tuple once it maps over more than one axis.
+  return OptimalWeight(*jnp.vectorize(one)(jnp.asarray(delta, jnp.result_type(float)),
+                                           jnp.asarray(ridge, jnp.result_type(float))))
 
 
 def equal_error_weight(mixture: GaussianMixture, delta, ridge=0.0, *,
@@ -300,5 +301,6 @@ def equal_error_weight(mixture: GaussianMixture, delta, ridge=0.0, *,
                          jnp.where(exists, e.err_plus, nan), jnp.where(exists, e.err_minus, nan),
                          jnp.where(exists, 0.5 * (e.err_plus + e.err_minus), nan))
 
-  return jnp.vectorize(one)(jnp.asarray(delta, jnp.result_type(float)),
-                            jnp.asarray(ridge, jnp.result_type(float)))
+  # jnp.vectorize returns a plain tuple once it maps over more than one axis.
+  return OptimalWeight(*jnp.vectorize(one)(jnp.asarray(delta, jnp.result_type(float)),
+                                           jnp.asarray(ridge, jnp.result_type(float))))
