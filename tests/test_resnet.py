@@ -186,3 +186,23 @@ def test_missing_torch_gives_clear_error(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)
   with pytest.raises(ImportError, match="needs PyTorch"):
     torch_convert.load_torch_state_dict(tmp_path / "x.pth")
+
+
+@pytest.mark.parametrize("spatial,kernel,stride", [(2, 3, 1), (2, 3, 2), (1, 3, 1), (2, 1, 2),
+                                                   (4, 3, 2), (8, 3, 1)])
+def test_small_spatial_conv_equals_lax_conv(spatial, kernel, stride):
+  """The CPU matmul path for tiny images is the same convolution (and larger ones use lax)."""
+  k1, k2 = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(k1, (3, spatial, spatial, 16))
+  w = jax.random.normal(k2, (kernel, kernel, 16, 24))
+  pad = ((kernel // 2, kernel // 2),) * 2
+  args = ((stride, stride), pad)
+  dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+  want = jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=dims)
+  got = jax.jit(lambda x, w: resnet.conv_small_spatial_as_matmul(
+      x, w, *args, dimension_numbers=dims))(x, w)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  jaxpr = str(jax.make_jaxpr(lambda x, w: resnet.conv_small_spatial_as_matmul(
+      x, w, *args, dimension_numbers=dims))(x, w))
+  matmul = jax.default_backend() == "cpu" and spatial ** 2 <= resnet.SMALL_SPATIAL
+  assert ("dot_general" in jaxpr) == matmul
