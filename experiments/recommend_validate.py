@@ -45,7 +45,6 @@ timing.png, and prints a summary table.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import sys
@@ -582,12 +581,8 @@ def table(result: dict) -> str:
 # ----------------------------------------------------------------------------- entry point
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  pre = argparse.ArgumentParser(add_help=False)
-  pre.add_argument("--embeddings", default=None)
-  known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else list(argv))
-  cfg, out = common.parse_args(rest, config(), quick=quick, description=__doc__)
-  if known.embeddings:
-    cfg = dataclasses.replace(cfg, embeddings=known.embeddings)
+  cfg, out = common.parse_args(argv, config(), quick=quick, description=__doc__,
+                               flags=("embeddings",))
   if cfg.objective not in ("worst", "balanced"):
     raise ValueError(f"objective: expected 'worst' or 'balanced', got {cfg.objective!r}")
   results = {}
@@ -610,4 +605,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  main(sys.argv[1:])

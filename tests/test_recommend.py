@@ -252,3 +252,26 @@ def test_embedding_loader_accepts_documented_and_cache_names(tmp_path):
   np.savez(tmp_path / "other_test_x.npz", embeddings=np.ones((3, 4)), labels=np.ones(3))
   with pytest.raises(ValueError, match="exactly one"):
     retrain.load_embedding_splits(str(tmp_path))
+
+
+def test_recommend_validate_main_smoke(tmp_path):
+  """The validation entry point end to end: Gaussian case and a fake embeddings folder."""
+  from experiments import recommend_validate
+  x, y = _draw(5, 400, 12)
+  order = np.random.default_rng(0).permutation(400)      # the sampler puts class +1 first
+  x, y = x[order], y[order]
+  emb = tmp_path / "emb"
+  emb.mkdir()
+  for split, rows in (("val", slice(0, 300)), ("test", slice(300, None))):
+    np.savez(emb / f"{split}.npz", embeddings=x[rows], labels=np.where(y[rows] > 0, 7, 2))
+  out = tmp_path / "out"
+  results = recommend_validate.main(
+      ["--out", str(out), "--quick", "--embeddings", str(emb), "--set", "cases=isotropic",
+       "--set", "deltas=0.2,0.5", "--set", "num_seeds=2"])
+  assert set(results) == {"isotropic", "embeddings"}
+  for name in ("results.json", "results.csv", "isotropic.png", "embeddings.png", "timing.png"):
+    assert (out / name).is_file(), name
+  payload = json.loads((out / "results.json").read_text())
+  for case in payload["results"].values():
+    for method, m in case["methods"].items():
+      assert all(v is not None and 0 <= v <= 1 for v in m["worst"]["mean"]), (method, m["worst"])

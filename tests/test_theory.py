@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from thumb_jax import GaussianMixture, lls, metrics, mixture, theory
+from thumb_jax.metrics import ClassErrors
 
 SYM2 = GaussianMixture.symmetric(pi_plus=0.1, mean_norm=2.0)
 SYM1 = GaussianMixture.symmetric(pi_plus=0.1, mean_norm=1.0)
@@ -184,6 +185,28 @@ def test_optimal_weight_broadcasts_to_a_named_result_over_delta_and_ridge():
     for j, ridge in enumerate(ridges):
       column = search(SYM1, deltas, ridge)
       np.testing.assert_allclose(grid.weight[:, j], column.weight, rtol=1e-5)
+
+
+def test_weight_searches_survive_underflowing_errors():
+  """At |mu| = 20 float32 errors are exactly 0 for every weight; the log-space search still
+  finds the float64 optimum (a flat zero objective would return the grid's lower end)."""
+  mix = GaussianMixture.symmetric(pi_plus=0.1, mean_norm=20.0)
+  deltas = jnp.array([0.1, 0.5])
+  with jax.enable_x64(True):
+    want = theory.optimal_weight(mix, deltas)
+    want_equal = theory.equal_error_weight(mix, deltas)
+  got = jax.jit(theory.optimal_weight)(mix, deltas)
+  assert np.all(np.asarray(got.err_plus) == 0) and np.all(np.asarray(got.err_minus) == 0)
+  np.testing.assert_allclose(got.weight, want.weight, rtol=0.01)
+  got_equal = jax.jit(theory.equal_error_weight)(mix, deltas)
+  np.testing.assert_allclose(got_equal.weight, want_equal.weight, rtol=0.01)
+  # The log objective ranks like the objective where nothing underflows.
+  errs = theory.class_errors(SYM1, 0.3, jnp.logspace(-1, 3, 50))
+  logs = ClassErrors(jnp.log(errs.err_plus), jnp.log(errs.err_minus))
+  for name, value in (("worst", errs.worst), ("balanced", errs.balanced)):
+    assert int(jnp.argmin(metrics.log_objective(logs, name))) == int(jnp.argmin(value))
+  with pytest.raises(ValueError, match="objective"):
+    metrics.log_objective(logs, "mean")
 
 
 def test_equal_error_weight_equalizes():

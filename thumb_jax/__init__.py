@@ -1,13 +1,20 @@
 """thumb_jax: optimal loss weighting in last-layer retraining under class imbalance.
 
 Where each idea of the paper lives:
-  mixture   the two-class Gaussian model and its sampler
-  lls       the retrained last layer: weighted ridge least squares, one-factorization sweeps
-  metrics   exact Gaussian and empirical per-class errors, confidence intervals
-  theory    asymptotic per-class errors, downsampling, optimal and equal-error weights
+  mixture      the two-class Gaussian model and its sampler
+  lls          the retrained last layer: weighted ridge least squares, one-factorization sweeps
+  metrics      exact Gaussian and empirical per-class errors, confidence intervals
+  theory       asymptotic per-class errors, downsampling, optimal and equal-error weights
+  anisotropic  beyond the paper: per-class error theory for any class covariances
+  recommend    beyond the paper: a theory-guided weight for any embeddings
+  retrain      last-layer retraining sweeps on fixed embeddings (sizes x repeats x weights)
+  images/      real images: data loaders, Flax ResNet34, fine-tuning, cached embeddings
+  sklearn, cli the recommendation as a scikit-learn estimator and a command line
 """
 
-from thumb_jax import lls, metrics, mixture, theory
+from thumb_jax import anisotropic, lls, metrics, mixture, recommend, retrain, theory
 from thumb_jax.mixture import GaussianMixture
+from thumb_jax.recommend import recommend_weight
 
-__all__ = ["GaussianMixture", "lls", "metrics", "mixture", "theory"]
+__all__ = ["GaussianMixture", "anisotropic", "lls", "metrics", "mixture", "recommend",
+           "recommend_weight", "retrain", "theory"]

@@ -36,9 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
-from jax.scipy.special import ndtr
+from jax.scipy.special import log_ndtr, ndtr
 
-from thumb_jax import _checks
+from thumb_jax import _checks, metrics
 from thumb_jax import mixture as iso_mixture
 from thumb_jax.lls import LastLayer
 from thumb_jax.metrics import ClassErrors
@@ -366,6 +366,8 @@ class GeneralErrors(NamedTuple):
   iterations: jax.Array   # fixed-point steps taken
   residual: jax.Array     # max_k |e_k - F_k(e)| / F_k(e) at the returned e
   converged: jax.Array    # bool; errors are NaN where False
+  log_err_plus: jax.Array   # log err_+, finite where err_+ underflows to 0
+  log_err_minus: jax.Array  # log err_-
 
   @property
   def worst(self):
@@ -557,12 +559,12 @@ def _class_errors(form, n, weight, ridge, *, max_iter, tol, damping) -> GeneralE
   # dmu' E_k dmu = dmu' Qbar Sigma_k Qbar dmu + sum_l b_l g_k[l] dmu' Qbar Sigma_l Qbar dmu.
   d_e_d = mt.d_q_s_q_d + (b * mt.d_q_s_q_d) @ g
   var = gain ** 2 * (d_e_d + g[0] / pi[0] + g[1] / pi[1])   # V_k
-  err_p = ndtr(-score[0] / jnp.sqrt(var[0]))
-  err_m = ndtr(score[1] / jnp.sqrt(var[1]))
+  z_p, z_m = -score[0] / jnp.sqrt(var[0]), score[1] / jnp.sqrt(var[1])   # err_k = Phi(z_k)
   ok = converged & ~bad
   nan = jnp.asarray(jnp.nan, dtype)
-  return GeneralErrors(jnp.where(ok, err_p, nan), jnp.where(ok, err_m, nan), iterations,
-                       residual, ok)
+  keep = lambda v: jnp.where(ok, v, nan)
+  return GeneralErrors(keep(ndtr(z_p)), keep(ndtr(z_m)), iterations, residual, ok,
+                       keep(log_ndtr(z_p)), keep(log_ndtr(z_m)))
 
 
 def _check_args(mixture, *, n, weight, ridge, max_iter=1, damping=1.0) -> None:
@@ -640,7 +642,6 @@ def optimal_weight(mixture: CovarianceMixture | Diagonalized, *, n, ridge=0.0,
   """
   if objective not in ("worst", "balanced"):
     raise ValueError(f"objective: expected 'worst' or 'balanced', got {objective!r}")
-  score = (lambda e: e.worst) if objective == "worst" else (lambda e: e.balanced)
   # Validate once, then sweep without re-checking.
   _check_args(mixture, n=n, weight=1.0, ridge=ridge)
   lo, hi = log10_range
@@ -648,7 +649,9 @@ def optimal_weight(mixture: CovarianceMixture | Diagonalized, *, n, ridge=0.0,
   def evaluate(log_w):
     errs = jax.vmap(lambda lw: class_errors(mixture, n=n, weight=10.0 ** lw, ridge=ridge))(
         jnp.atleast_1d(log_w))
-    return score(errs), errs
+    # Searched in log space (metrics.log_objective): the same argmin, no underflow.
+    log_errors = ClassErrors(errs.log_err_plus, errs.log_err_minus)
+    return metrics.log_objective(log_errors, objective), errs
 
   grid = jnp.linspace(lo, hi, grid_size)
   step = (hi - lo) / (grid_size - 1)
@@ -659,10 +662,11 @@ def optimal_weight(mixture: CovarianceMixture | Diagonalized, *, n, ridge=0.0,
     step = 2 * step / (refine_size - 1)
     vals, _ = evaluate(grid)
     best = grid[jnp.nanargmin(vals)]
-  val, errs = evaluate(best)
-  ok = jnp.isfinite(val[0])
+  log_val, errs = evaluate(best)
+  ok = jnp.isfinite(log_val[0])
+  value = (errs.worst if objective == "worst" else errs.balanced)[0]
   return OptimalWeight(jnp.where(ok, 10.0 ** best, jnp.nan), errs.err_plus[0],
-                       errs.err_minus[0], val[0])
+                       errs.err_minus[0], value)
 
 
 class IsotropicPlugIn(NamedTuple):

@@ -38,6 +38,30 @@ def balanced_error(errors: ClassErrors):
   return 0.5 * (errors.err_plus + errors.err_minus)
 
 
+OBJECTIVES = ("worst", "balanced")
+
+
+def log_objective(log_errors: ClassErrors, objective: str):
+  """log of the worst-class or balanced error, from per-class log errors.
+
+  A monotone transform of the objective, so it has the same minimizers, but it keeps
+  ranking weights where the errors themselves underflow (float32 Phi(z) is 0 below
+  z ~ -13, and a flat zero objective would make a search pick the end of its grid).
+
+  Args:
+    log_errors: ClassErrors of log error rates (e.g. `jax.scipy.special.log_ndtr`).
+    objective: "worst" (max of the two) or "balanced" (their mean).
+
+  Returns:
+    log worst-class error or log balanced error, broadcast shape.
+  """
+  if objective == "worst":
+    return jnp.maximum(log_errors.err_plus, log_errors.err_minus)
+  if objective == "balanced":
+    return jnp.logaddexp(log_errors.err_plus, log_errors.err_minus) - jnp.log(2.0)
+  raise ValueError(f"objective: expected one of {list(OBJECTIVES)}, got {objective!r}")
+
+
 def gaussian_class_errors(layer: LastLayer, mu_plus: jax.Array, mu_minus: jax.Array, *,
                           var_plus=1.0, var_minus=1.0) -> ClassErrors:
   """Exact test errors of sign(w.x + b) under x | y ~ N(mu_y, s_y^2 I) (THEORY.md).

@@ -17,9 +17,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import ndtr
+from jax.scipy.special import log_ndtr, ndtr
 
 from thumb_jax import _checks
+from thumb_jax import metrics
 from thumb_jax.metrics import ClassErrors
 from thumb_jax.mixture import GaussianMixture
 
@@ -33,6 +34,7 @@ class Asymptotics(NamedTuple):
   score_minus: jax.Array  # S_-: mean score of class -1
   norm: jax.Array     # nu = lim |w|
   errors: ClassErrors
+  log_errors: ClassErrors   # log err_k, finite where err_k underflows to 0
 
 
 def resolvent(delta, tau_plus, tau_minus, pi_plus, ridge, *, newton_steps: int = 40):
@@ -104,11 +106,12 @@ def _asymptotics(mixture: GaussianMixture, delta, weight, ridge, *,
     norm = gain * jnp.sqrt(m2 * spread) / m
   score_p = (2 * p - 1) + gain * (a_p + q)
   score_m = (2 * p - 1) + gain * (a_m + q)
-  err_p = ndtr(-score_p / (jnp.sqrt(s2_p) * norm))
-  err_m = ndtr(score_m / (jnp.sqrt(s2_m) * norm))
-  nan = jnp.nan
-  err_p, err_m = jnp.where(bad, nan, err_p), jnp.where(bad, nan, err_m)
-  return Asymptotics(m, m2, gain, score_p, score_m, norm, ClassErrors(err_p, err_m))
+  z_p = -score_p / (jnp.sqrt(s2_p) * norm)          # err_+ = Phi(z_+)
+  z_m = score_m / (jnp.sqrt(s2_m) * norm)           # err_- = Phi(z_-)
+  errors = ClassErrors(*(jnp.where(bad, jnp.nan, f(z)) for f, z in
+                         ((ndtr, z_p), (ndtr, z_m))))
+  log_errors = ClassErrors(*(jnp.where(bad, jnp.nan, log_ndtr(z)) for z in (z_p, z_m)))
+  return Asymptotics(m, m2, gain, score_p, score_m, norm, errors, log_errors)
 
 
 def _check(mixture, delta, weight, ridge):
@@ -195,18 +198,6 @@ class OptimalWeight(NamedTuple):
   value: jax.Array           # objective at `weight`
 
 
-_OBJECTIVES = {
-    "worst": lambda e: jnp.maximum(e.err_plus, e.err_minus),
-    "balanced": lambda e: 0.5 * (e.err_plus + e.err_minus),
-}
-
-
-def _objective(name):
-  if name not in _OBJECTIVES:
-    raise ValueError(f"objective: expected one of {sorted(_OBJECTIVES)}, got {name!r}")
-  return _OBJECTIVES[name]
-
-
 def optimal_weight(mixture: GaussianMixture, delta, ridge=0.0, objective: str = "worst", *,
                    log10_range: tuple[float, float] = (-2.0, 4.0), grid_size: int = 512,
                    refine_size: int = 64, refine_rounds: int = 2) -> OptimalWeight:
@@ -228,7 +219,8 @@ def optimal_weight(mixture: GaussianMixture, delta, ridge=0.0, objective: str = 
     OptimalWeight with the broadcast shape of (delta, ridge). NaN where the theory
     is undefined (ridge = 0 with delta >= 1 under jit).
   """
-  score = _objective(objective)
+  if objective not in metrics.OBJECTIVES:
+    raise ValueError(f"objective: expected one of {list(metrics.OBJECTIVES)}, got {objective!r}")
   _check(mixture, delta, 1.0, ridge)
   if _checks.is_concrete(delta, ridge) and np.any(
       (np.asarray(ridge) == 0) & (np.asarray(delta) >= 1)):
@@ -238,8 +230,9 @@ def optimal_weight(mixture: GaussianMixture, delta, ridge=0.0, objective: str = 
 
   def one(delta, ridge):
     def evaluate(log_w):
-      errs = _asymptotics(mixture, delta, 10.0 ** log_w, ridge).errors
-      return score(errs), errs
+      # Searched in log space (metrics.log_objective): the same argmin, no underflow.
+      asym = _asymptotics(mixture, delta, 10.0 ** log_w, ridge)
+      return metrics.log_objective(asym.log_errors, objective), asym.errors
 
     grid = jnp.linspace(lo, hi, grid_size)
     step = (hi - lo) / (grid_size - 1)
@@ -250,10 +243,11 @@ def optimal_weight(mixture: GaussianMixture, delta, ridge=0.0, objective: str = 
       step = 2 * step / (refine_size - 1)
       vals, _ = evaluate(grid)
       best = grid[jnp.nanargmin(vals)]
-    val, errs = evaluate(best)
-    ok = jnp.isfinite(val)
+    log_val, errs = evaluate(best)
+    ok = jnp.isfinite(log_val)
     weight = jnp.where(ok, 10.0 ** best, jnp.nan)
-    return OptimalWeight(weight, errs.err_plus, errs.err_minus, val)
+    value = errs.worst if objective == "worst" else errs.balanced
+    return OptimalWeight(weight, errs.err_plus, errs.err_minus, value)
 
   # jnp.vectorize returns a plain tuple once it maps over more than one axis.
   return OptimalWeight(*jnp.vectorize(one)(jnp.asarray(delta, jnp.result_type(float)),
@@ -278,7 +272,8 @@ def equal_error_weight(mixture: GaussianMixture, delta, ridge=0.0, *,
 
   def one(delta, ridge):
     def gap(log_w):
-      e = _asymptotics(mixture, delta, 10.0 ** log_w, ridge).errors
+      # log err_+ - log err_-: the sign of err_+ - err_-, also where both underflow.
+      e = _asymptotics(mixture, delta, 10.0 ** log_w, ridge).log_errors
       return e.err_plus - e.err_minus
 
     grid = jnp.linspace(lo, hi, grid_size)
