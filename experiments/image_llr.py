@@ -44,7 +44,10 @@ LABELS = {"unweighted": "weight 1", "prior_ratio": r"prior ratio $n_-/n_+$",
           "theory_participation": r"theory, $d_{eff}$ = participation ratio",
           "theory_pool": "theory (plug-in on the pool)",
           "downsample": "downsample majority", "grid_oracle": "grid oracle (test, hindsight)"}
-TABLE_METHODS = ("prior_ratio", "theory", "theory_pool", "downsample", "unweighted")
+TABLE_METHODS = ("prior_ratio", "theory", "theory_participation", "theory_pool", "downsample",
+                 "unweighted", "grid_oracle")
+# Theory methods compared with the prior ratio, paired over the same subsamples.
+VERSUS_PRIOR = ("theory", "theory_participation", "theory_pool")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,11 +153,15 @@ def summarize(result: retrain.RetrainResult, dim: int, pool_size: int) -> dict:
         "predicted_worst": _nanmean(np.maximum(m.predicted.err_plus, m.predicted.err_minus)),
     }
   methods["theory"]["defined_fraction"] = np.mean(result.defined, axis=1)
-  # Paired over the same subsamples: prior ratio minus theory (> 0: theory is better).
-  gap = ci_dict(result.methods.prior_ratio.errors.worst - result.methods.theory.errors.worst)
-  verdict = np.where(gap["low"] > 0, "better", np.where(gap["high"] < 0, "worse", "tie"))
-  verdict = np.where(sizes >= pool_size, np.char.add(verdict, " (n = N, one subsample)"),
-                     verdict)
+  # Paired over the same subsamples: prior ratio minus method (> 0: the method is better).
+  versus = {}
+  for name in VERSUS_PRIOR:
+    gap = ci_dict(result.methods.prior_ratio.errors.worst
+                  - getattr(result.methods, name).errors.worst)
+    verdict = np.where(gap["low"] > 0, "better", np.where(gap["high"] < 0, "worse", "tie"))
+    verdict = np.where(sizes >= pool_size, np.char.add(verdict, " (n = N, one subsample)"),
+                       verdict)
+    versus[name] = {"prior_minus_method": gap, "verdict": verdict}
   curves = result.theory
   grid = result.errors
   return {
@@ -163,7 +170,7 @@ def summarize(result: retrain.RetrainResult, dim: int, pool_size: int) -> dict:
       "ridge": result.ridge,
       "feature_scale": result.feature_scale, "weights": result.weights,
       "methods": methods,
-      "theory_minus_prior_worst": {"prior_minus_theory": gap, "theory_is": verdict},
+      "versus_prior_worst": versus,
       "grid": {"err_plus": ci_dict(grid.err_plus), "err_minus": ci_dict(grid.err_minus),
                "worst": ci_dict(grid.worst)},
       "theory_overlay": {
@@ -200,17 +207,25 @@ def csv_rows(summary: dict) -> list[dict]:
 
 
 def table(summary: dict) -> str:
-  """Worst-class test error per size and method, and theory vs the prior ratio."""
-  head = (f"{'n':>6} {'delta':>6} " + " ".join(f"{m[:11]:>11}" for m in TABLE_METHODS)
-          + "   prior - theory [95% CI]  theory is")
-  lines = [head]
-  gap = summary["theory_minus_prior_worst"]
+  """Worst-class test error per size and method, and each theory method vs the prior ratio."""
+  short = {"prior_ratio": "prior", "theory": "theory", "theory_participation": "th_partic",
+           "theory_pool": "th_pool", "downsample": "downsample", "unweighted": "weight 1",
+           "grid_oracle": "oracle"}
+  head = (f"{'n':>6} {'delta':>6} " + " ".join(f"{short[m]:>10}" for m in TABLE_METHODS)
+          + "   prior minus: " + ", ".join(short[m] for m in VERSUS_PRIOR) + " [95% CI]")
+  lines = ["worst-class test error (mean over repeats)", head]
   for i, n in enumerate(summary["n"]):
-    errs = " ".join(f"{summary['methods'][m]['worst']['mean'][i]:>11.3f}"
+    errs = " ".join(f"{summary['methods'][m]['worst']['mean'][i]:>10.3f}"
                     for m in TABLE_METHODS)
-    diff = gap["prior_minus_theory"]
-    lines.append(f"{int(n):>6} {summary['delta'][i]:>6.3f} {errs}   {diff['mean'][i]:+.3f} "
-                 f"[{diff['low'][i]:+.3f}, {diff['high'][i]:+.3f}]  {gap['theory_is'][i]}")
+    cells = []
+    for name in VERSUS_PRIOR:
+      v = summary["versus_prior_worst"][name]
+      diff = v["prior_minus_method"]
+      cells.append(f"{diff['mean'][i]:+.3f} [{diff['low'][i]:+.3f}, {diff['high'][i]:+.3f}] "
+                   f"{v['verdict'][i].split(' ')[0]}")
+    lines.append(f"{int(n):>6} {summary['delta'][i]:>6.3f} {errs}   " + "; ".join(cells))
+  lines.append("(better / worse: the 95% interval of the paired difference excludes 0; at n = N "
+               "every repeat is the whole pool)")
   return "\n".join(lines)
 
 
