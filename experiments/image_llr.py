@@ -46,8 +46,8 @@ LABELS = {"unweighted": "weight 1", "prior_ratio": r"prior ratio $n_-/n_+$",
           "downsample": "downsample majority", "grid_oracle": "grid oracle (test, hindsight)"}
 TABLE_METHODS = ("prior_ratio", "theory", "theory_participation", "theory_pool", "downsample",
                  "unweighted", "grid_oracle")
-# Theory methods compared with the prior ratio, paired over the same subsamples.
-VERSUS_PRIOR = ("theory", "theory_participation", "theory_pool")
+# Methods compared with the prior ratio, paired over the same subsamples.
+VERSUS_PRIOR = ("theory", "theory_participation", "theory_pool", "downsample")
 
 
 @dataclasses.dataclass(frozen=True)
