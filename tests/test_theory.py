@@ -178,13 +178,14 @@ def test_optimal_weight_beats_dense_grid(x64, objective):
 def test_optimal_weight_broadcasts_to_a_named_result_over_delta_and_ridge():
   """A [D, R] grid of (delta, ridge) gives OptimalWeight fields [D, R], each the 1-D search."""
   deltas, ridges = jnp.array([0.1, 0.5]), jnp.array([0.0, 0.1, 10.0])
+  grid_d, grid_r = jnp.meshgrid(deltas, ridges, indexing="ij")
   for search in (theory.optimal_weight, theory.equal_error_weight):
-    grid = jax.jit(search)(SYM1, deltas[:, None], ridges[None, :])
+    search = jax.jit(search)
+    grid = search(SYM1, grid_d, grid_r)
     assert isinstance(grid, theory.OptimalWeight)
     chex.assert_shape(grid.weight, (2, 3))
-    for j, ridge in enumerate(ridges):
-      column = search(SYM1, deltas, ridge)
-      np.testing.assert_allclose(grid.weight[:, j], column.weight, rtol=1e-5)
+    flat = search(SYM1, grid_d.ravel(), grid_r.ravel())
+    np.testing.assert_allclose(grid.weight.ravel(), flat.weight, rtol=1e-5)
 
 
 def test_weight_searches_survive_underflowing_errors():
@@ -193,8 +194,8 @@ def test_weight_searches_survive_underflowing_errors():
   mix = GaussianMixture.symmetric(pi_plus=0.1, mean_norm=20.0)
   deltas = jnp.array([0.1, 0.5])
   with jax.enable_x64(True):
-    want = theory.optimal_weight(mix, deltas)
-    want_equal = theory.equal_error_weight(mix, deltas)
+    want = jax.jit(theory.optimal_weight)(mix, deltas)
+    want_equal = jax.jit(theory.equal_error_weight)(mix, deltas)
   got = jax.jit(theory.optimal_weight)(mix, deltas)
   assert np.all(np.asarray(got.err_plus) == 0) and np.all(np.asarray(got.err_minus) == 0)
   np.testing.assert_allclose(got.weight, want.weight, rtol=0.01)
