@@ -368,10 +368,10 @@ def weight_search(worst_fn, rows: int, *, log10_range: tuple[float, float] = (-2
                   grid_size: int = 128, refine_rounds: int = 2) -> np.ndarray:
   """Per row, argmin over the weight of worst_fn(weights [rows, G]) -> [rows, G] (host loop).
 
-  The search of `theory.optimal_weight` / `anisotropic.optimal_weight` (a log grid, robust
-  to non-convexity, then local grids between the neighbours of the best point), but every
-  round has the same shape [rows, G], so one compiled evaluator serves all rounds (the
-  library functions unroll a copy of the fixed point per round: about 15 s of compilation).
+  The search of `theory.search_log_weight` (a log grid, robust to non-convexity, then local
+  grids between the neighbours of the best point), for many rows (mixtures, n, ridges) at
+  once: every round has the same shape [rows, G], so one compiled evaluator serves all rows
+  and rounds.
 
   Returns:
     weights [rows] (NaN where every grid value is NaN).

@@ -42,7 +42,7 @@ from thumb_jax import _checks, metrics
 from thumb_jax import mixture as iso_mixture
 from thumb_jax.lls import LastLayer
 from thumb_jax.metrics import ClassErrors
-from thumb_jax.theory import OptimalWeight
+from thumb_jax.theory import OptimalWeight, search_log_weight
 
 # ---------------------------------------------------------------------------------------
 # Specs.
@@ -644,29 +644,22 @@ def optimal_weight(mixture: CovarianceMixture | Diagonalized, *, n, ridge=0.0,
     raise ValueError(f"objective: expected 'worst' or 'balanced', got {objective!r}")
   # Validate once, then sweep without re-checking.
   _check_args(mixture, n=n, weight=1.0, ridge=ridge)
-  lo, hi = log10_range
-
-  def evaluate(log_w):
-    errs = jax.vmap(lambda lw: class_errors(mixture, n=n, weight=10.0 ** lw, ridge=ridge))(
+  def errors_at(log_w):
+    return jax.vmap(lambda lw: class_errors(mixture, n=n, weight=10.0 ** lw, ridge=ridge))(
         jnp.atleast_1d(log_w))
-    # Searched in log space (metrics.log_objective): the same argmin, no underflow.
-    log_errors = ClassErrors(errs.log_err_plus, errs.log_err_minus)
-    return metrics.log_objective(log_errors, objective), errs
 
-  grid = jnp.linspace(lo, hi, grid_size)
-  step = (hi - lo) / (grid_size - 1)
-  vals, _ = evaluate(grid)
-  best = grid[jnp.nanargmin(vals)]
-  for _ in range(refine_rounds):
-    grid = jnp.clip(jnp.linspace(best - step, best + step, refine_size), lo, hi)
-    step = 2 * step / (refine_size - 1)
-    vals, _ = evaluate(grid)
-    best = grid[jnp.nanargmin(vals)]
-  log_val, errs = evaluate(best)
-  ok = jnp.isfinite(log_val[0])
-  value = (errs.worst if objective == "worst" else errs.balanced)[0]
-  return OptimalWeight(jnp.where(ok, 10.0 ** best, jnp.nan), errs.err_plus[0],
-                       errs.err_minus[0], value)
+  def objective_fn(log_w):
+    # Searched in log space (metrics.log_objective): the same argmin, no underflow.
+    errs = errors_at(log_w)
+    return metrics.log_objective(ClassErrors(errs.log_err_plus, errs.log_err_minus), objective)
+
+  best = search_log_weight(objective_fn, log10_range=log10_range, grid_size=grid_size,
+                           refine_size=refine_size, refine_rounds=refine_rounds)
+  errs = jax.tree.map(lambda a: a[0], errors_at(best))
+  ok = jnp.isfinite(objective_fn(best)[0])
+  value = errs.worst if objective == "worst" else errs.balanced
+  return OptimalWeight(jnp.where(ok, 10.0 ** best, jnp.nan), errs.err_plus, errs.err_minus,
+                       value)
 
 
 class IsotropicPlugIn(NamedTuple):

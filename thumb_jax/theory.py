@@ -198,6 +198,37 @@ class OptimalWeight(NamedTuple):
   value: jax.Array           # objective at `weight`
 
 
+def search_log_weight(objective_fn, *, log10_range: tuple[float, float], grid_size: int,
+                      refine_size: int, refine_rounds: int) -> jax.Array:
+  """argmin over log10(weight) of a scalar objective, robust to non-convexity (pure).
+
+  A dense grid of `grid_size` points over `log10_range` finds the basin (the objectives
+  here can be U-shaped or flat); each of `refine_rounds` rounds then evaluates
+  `refine_size` points between the neighbours of the best point so far. The refinement
+  rounds run in a `lax.fori_loop`, so `objective_fn` is traced twice (for the two grid
+  sizes), not once per round.
+
+  Args:
+    objective_fn: log10 weights [G] -> objective values [G] (NaN where undefined).
+    log10_range, grid_size, refine_size, refine_rounds: the search (see above).
+
+  Returns:
+    The best log10 weight, a scalar (meaningless where every value is NaN: callers check).
+  """
+  lo, hi = log10_range
+  grid = jnp.linspace(lo, hi, grid_size)
+  best = grid[jnp.nanargmin(objective_fn(grid))]
+
+  def refine(_, carry):
+    best, step = carry
+    grid = jnp.clip(best + jnp.linspace(-step, step, refine_size), lo, hi)
+    return grid[jnp.nanargmin(objective_fn(grid))], 2.0 * step / (refine_size - 1)
+
+  best, _ = jax.lax.fori_loop(0, refine_rounds, refine,
+                              (best, jnp.asarray((hi - lo) / (grid_size - 1), grid.dtype)))
+  return best
+
+
 def optimal_weight(mixture: GaussianMixture, delta, ridge=0.0, objective: str = "worst", *,
                    log10_range: tuple[float, float] = (-2.0, 4.0), grid_size: int = 512,
                    refine_size: int = 64, refine_rounds: int = 2) -> OptimalWeight:
@@ -226,25 +257,17 @@ def optimal_weight(mixture: GaussianMixture, delta, ridge=0.0, objective: str = 
       (np.asarray(ridge) == 0) & (np.asarray(delta) >= 1)):
     raise ValueError("delta: expected delta < 1 when ridge = 0 (the ridgeless interpolator "
                      f"ignores the weight), got delta={np.asarray(delta).tolist()}")
-  lo, hi = log10_range
 
   def one(delta, ridge):
-    def evaluate(log_w):
-      # Searched in log space (metrics.log_objective): the same argmin, no underflow.
-      asym = _asymptotics(mixture, delta, 10.0 ** log_w, ridge)
-      return metrics.log_objective(asym.log_errors, objective), asym.errors
-
-    grid = jnp.linspace(lo, hi, grid_size)
-    step = (hi - lo) / (grid_size - 1)
-    vals, _ = evaluate(grid)
-    best = grid[jnp.nanargmin(vals)]
-    for _ in range(refine_rounds):
-      grid = jnp.clip(jnp.linspace(best - step, best + step, refine_size), lo, hi)
-      step = 2 * step / (refine_size - 1)
-      vals, _ = evaluate(grid)
-      best = grid[jnp.nanargmin(vals)]
-    log_val, errs = evaluate(best)
-    ok = jnp.isfinite(log_val)
+    # Searched in log space (metrics.log_objective): the same argmin, no underflow.
+    best = search_log_weight(
+        lambda log_w: metrics.log_objective(
+            _asymptotics(mixture, delta, 10.0 ** log_w, ridge).log_errors, objective),
+        log10_range=log10_range, grid_size=grid_size, refine_size=refine_size,
+        refine_rounds=refine_rounds)
+    asym = _asymptotics(mixture, delta, 10.0 ** best, ridge)
+    errs = asym.errors
+    ok = jnp.isfinite(metrics.log_objective(asym.log_errors, objective))
     weight = jnp.where(ok, 10.0 ** best, jnp.nan)
     value = errs.worst if objective == "worst" else errs.balanced
     return OptimalWeight(weight, errs.err_plus, errs.err_minus, value)
