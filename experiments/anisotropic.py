@@ -21,9 +21,12 @@ Three studies (THEORY.md, "General class covariances"; `thumb_jax.anisotropic`):
     shared eigenbasis so the fast path is exact at every ridge): the worst-class optimal
     weight against delta from the general theory, from the isotropic theory at delta and at
     delta_eff, and the worst-class error each weight actually gets under the general theory.
-    The excess over the general optimum is the cost of the one-number shortcut.
+    The excess over the general optimum is the cost of the one-number shortcut. The
+    isotropic mixture is `anisotropic.isotropic_plug_in` (population moments, Mahalanobis
+    signal), not `recommend.surrogate` (sample moments, raw squared mean difference): this
+    study measures the isotropic theory itself, not the recommendation's estimator.
 (c) embeddings  (only with `embeddings` set) val.npz = retraining pool, test.npz = evaluation
-    (`retrain.load_embedding_splits`). `retrain.run` measures per-class test errors for sizes
+    (`retrain.load_retraining_data`). `retrain.run` measures per-class test errors for sizes
     n from the pool size down to delta = d / n = `embedding_max_delta`, `num_repeats`
     subsamples each, and a log grid of weights. Class means and shrunk covariances are
     estimated on the pool only (`anisotropic.from_samples`, Ledoit-Wolf) in the coordinates
@@ -83,7 +86,7 @@ class Config:
   shortcut_deltas: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
                                         1.2, 1.5, 2.0, 3.0)
   good_enough: float = 0.005         # excess worst-class error counted as negligible
-  search_grid: int = 128             # log10 weight grid in [-2, 4], refined twice
+  search_grid: int = 128             # log10 weight grid in [-2, 4], refined twice (1/4 size)
   # (c) real embeddings.
   embeddings: str = ""               # folder with val.npz / test.npz; empty: skip (c)
   embedding_pi_plus: float = 0.0     # > 0: drop minority pool rows down to this share
@@ -359,37 +362,6 @@ class Shortcut(NamedTuple):
 CHOICES = ("general", "iso", "iso_eff", "prior_ratio")
 
 
-@jax.jit
-def _iso_points(mixture, delta, weight, ridge):
-  return theory.class_errors(mixture, delta, weight, ridge)
-
-
-def weight_search(worst_fn, rows: int, *, log10_range: tuple[float, float] = (-2.0, 4.0),
-                  grid_size: int = 128, refine_rounds: int = 2) -> np.ndarray:
-  """Per row, argmin over the weight of worst_fn(weights [rows, G]) -> [rows, G] (host loop).
-
-  The search of `theory.search_log_weight` (a log grid, robust to non-convexity, then local
-  grids between the neighbours of the best point), for many rows (mixtures, n, ridges) at
-  once: every round has the same shape [rows, G], so one compiled evaluator serves all rows
-  and rounds.
-
-  Returns:
-    weights [rows] (NaN where every grid value is NaN).
-  """
-  lo, hi = log10_range
-  grid = np.tile(np.linspace(lo, hi, grid_size), (rows, 1))
-  step = (hi - lo) / (grid_size - 1)
-  for round_ in range(refine_rounds + 1):
-    vals = np.asarray(worst_fn(10.0 ** grid), np.float64)
-    ok = np.any(np.isfinite(vals), axis=1)
-    pick = np.argmin(np.where(np.isfinite(vals), vals, np.inf), axis=1)
-    best = grid[np.arange(rows), pick]
-    if round_ < refine_rounds:
-      grid = np.clip(best[:, None] + np.linspace(-step, step, grid_size), lo, hi)
-      step = 2 * step / (grid_size - 1)
-  return np.where(ok, 10.0 ** best, np.nan)
-
-
 def shortcut_study(cfg: Config, key: jax.Array, power: float) -> Shortcut:
   mixture = power_law_mixture(key, d=cfg.d, pi_plus=cfg.pi_plus, power_plus=power + cfg.power_gap,
                               power_minus=power, mahalanobis_sq=cfg.mahalanobis_sq,
@@ -397,6 +369,7 @@ def shortcut_study(cfg: Config, key: jax.Array, power: float) -> Shortcut:
   delta = np.asarray(cfg.shortcut_deltas, np.float64)
   ridge = ridge_for(delta, cfg.ridge)
   n = cfg.d / delta
+  search = dict(grid_size=cfg.search_grid, refine_size=cfg.search_grid // 4)
   with jax.enable_x64(cfg.theory_x64), retrain.single_threaded_blas():
     mix = as_jnp(mixture)
     form = jax.jit(an.prepare)(mix)
@@ -404,31 +377,21 @@ def shortcut_study(cfg: Config, key: jax.Array, power: float) -> Shortcut:
       raise ValueError("shortcut: expected commuting covariances (a shared eigenbasis)")
     plug = an.isotropic_plug_in(mix)
     dtype = jnp.result_type(float)
-    rows, cols = delta.shape[0], cfg.search_grid
-
-    def general_worst(w):
-      errs = _fast_points(form, *(jnp.asarray(np.broadcast_to(v, (rows, cols)).ravel(), dtype)
-                                  for v in (n[:, None], w, ridge[:, None])))
-      return np.maximum(errs.err_plus, errs.err_minus).reshape(rows, cols)
-
-    def iso_worst(w, delta):
-      errs = _iso_points(plug.mixture, *(jnp.asarray(v, dtype) for v in np.broadcast_arrays(
-          delta[:, None], w, ridge[:, None])))
-      return np.maximum(errs.err_plus, errs.err_minus)
-
-    search = lambda fn: weight_search(fn, rows, grid_size=cols)
-    weight = {
-        "general": search(general_worst),
-        "iso": search(lambda w: iso_worst(w, delta)),
-        "iso_eff": search(lambda w: iso_worst(w, plug.d_eff / n)),
-        "prior_ratio": np.full(delta.shape, (1 - cfg.pi_plus) / cfg.pi_plus),
-    }
-    # Same shapes as the search's evaluations: no new compilation.
-    at = lambda w: np.tile(w[:, None], (1, cols))
-    worst = {c: general_worst(at(w))[:, 0] for c, w in weight.items()}
-    claimed = {"general": worst["general"],
-               "iso": iso_worst(at(weight["iso"]), delta)[:, 0],
-               "iso_eff": iso_worst(at(weight["iso_eff"]), plug.d_eff / n)[:, 0]}
+    n_, ridge_ = jnp.asarray(n, dtype), jnp.asarray(ridge, dtype)
+    # The library searches (log objective, grid then refinement), one per delta.
+    general = jax.jit(lambda f, n, r: an.optimal_weight(f, n=n, ridge=r, **search))(
+        form, n_, ridge_)
+    iso = jax.jit(lambda m, dl, r: theory.optimal_weight(m, dl, r, **search))
+    iso_at = {"iso": iso(plug.mixture, jnp.asarray(delta, dtype), ridge_),
+              "iso_eff": iso(plug.mixture, jnp.asarray(plug.d_eff / n, dtype), ridge_)}
+    weight = {"general": np.asarray(general.weight, np.float64),
+              **{c: np.asarray(o.weight, np.float64) for c, o in iso_at.items()},
+              "prior_ratio": np.full(delta.shape, theory.prior_ratio(cfg.pi_plus))}
+    # The worst-class error each weight actually gets under the general theory.
+    worst = {c: np.asarray(_fast_points(form, n_, jnp.asarray(w, dtype), ridge_).worst,
+                           np.float64) for c, w in weight.items()}
+    claimed = {"general": np.asarray(general.value, np.float64),
+               **{c: np.asarray(o.value, np.float64) for c, o in iso_at.items()}}
   excess = {c: worst[c] - worst["general"] for c in CHOICES}
   return Shortcut(power, float(plug.d_eff), delta, ridge, weight, worst, excess, claimed)
 

@@ -7,9 +7,9 @@ the same ridge everywhere so every solver is defined and they agree):
 
   fit_sweep            jax.jit(jax.vmap(lls.fit_sweep)) over seeds: one factorization per
                        seed, O(d^2) per weight.
-  fit_sweep, lax.map   the same, seeds looped by lax.map (diagnostic: under vmap the
-                       lax.cond in lls.factor becomes a select and the ridge-0 interpolator
-                       branch, a second Gram + eigh, runs even when ridge > 0).
+  fit_sweep, lax.map   the same, seeds looped by lax.map: batched (vmap) against one seed's
+                       factorization at a time (with a Python ridge > 0, lls.factor traces no
+                       interpolator branch, so both run the same per-seed work).
   per-weight lls.fit   jax.jit(jax.vmap(lls.fit)) over seeds, called once per weight.
   per-weight Cholesky  class Grams shared (computed once), then per weight one Cholesky
                        solve of (omega G_+ + G_-) theta = omega r_+ + r_-, jitted and vmapped

@@ -24,6 +24,7 @@ Figure: worst-class and per-class error against n (theory lines, simulation poin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -88,20 +89,35 @@ def _best_over_ridges(errors: ClassErrors, ridges: np.ndarray):
   return ridges[k], ClassErrors(take(errors.err_plus), take(errors.err_minus)), take
 
 
-def _candidates(mixture: GaussianMixture, delta, ridges, *, log10_range):
-  """Theory of every method at one (pi_plus, delta) for every ridge [R] (traceable)."""
-  best = theory.optimal_weight(mixture, delta, ridges, objective="worst",
-                               log10_range=log10_range)
-  ratio = (1.0 - mixture.pi_plus) / mixture.pi_plus
-  return best.weight, {
-      "optimal": ClassErrors(best.err_plus, best.err_minus),
-      "prior": theory.class_errors(mixture, delta, ratio, ridges),
-      "unweighted": theory.class_errors(mixture, delta, 1.0, ridges),
-      "downsample": theory.downsampled_class_errors(mixture, delta, ridges)}
+@functools.partial(jax.jit, static_argnames=("log10_range", "methods"))
+def _candidates(mixture: GaussianMixture, pis, deltas, ridges, *, log10_range, methods):
+  """Theory of `methods` at each (pi_plus, delta) [D] for every ridge [R] (pure).
+
+  Module level and jitted once per shape and `methods`: every `choose` call reuses it.
+
+  Returns:
+    (optimal weights [D, R], or None without "optimal"; {method: ClassErrors [D, R]}).
+  """
+  def one(pi, delta):
+    mix = mixture._replace(pi_plus=pi)
+    weight, out = None, {}
+    if "optimal" in methods:
+      best = theory.optimal_weight(mix, delta, ridges, objective="worst",
+                                   log10_range=log10_range)
+      weight, out["optimal"] = best.weight, ClassErrors(best.err_plus, best.err_minus)
+    if "prior" in methods:
+      out["prior"] = theory.class_errors(mix, delta, (1.0 - pi) / pi, ridges)
+    if "unweighted" in methods:
+      out["unweighted"] = theory.class_errors(mix, delta, 1.0, ridges)
+    if "downsample" in methods:
+      out["downsample"] = theory.downsampled_class_errors(mix, delta, ridges)
+    return weight, out
+
+  return jax.vmap(one)(pis, deltas)
 
 
 def choose(cfg: Config, mixture: GaussianMixture, deltas: np.ndarray, regime: str, *,
-           pi_plus: np.ndarray | None = None) -> Choice:
+           pi_plus: np.ndarray | None = None, methods: Sequence[str] = METHODS) -> Choice:
   """Each method's ridge and weight per delta under `regime` (module docstring), by theory.
 
   Args:
@@ -112,6 +128,7 @@ def choose(cfg: Config, mixture: GaussianMixture, deltas: np.ndarray, regime: st
       realized n_+ / n of each size: with a large ridge the scores shrink like 1 / ridge
       while the intercept's offset 2p - 1 does not, so the best weight must balance the
       realized counts exactly (the prior method then uses n_- / n_+ too).
+    methods: the methods to choose for (default all).
 
   Returns:
     Choice with [D] arrays. Downsampled errors: theory.downsampled_class_errors at delta.
@@ -121,15 +138,13 @@ def choose(cfg: Config, mixture: GaussianMixture, deltas: np.ndarray, regime: st
   deltas = np.asarray(deltas, np.float64)
   pis = np.full(deltas.shape, cfg.pi_plus) if pi_plus is None else np.asarray(pi_plus)
   ridges = np.zeros(1) if regime == "ridge0" else np.asarray(cfg.ridge_grid, np.float64)
-  one = lambda pi, delta: _candidates(mixture._replace(pi_plus=pi), delta, ridges,
-                                      log10_range=tuple(cfg.log10_range))
-  weights, candidates = jax.jit(jax.vmap(one))(pis, deltas)                     # [D, R]
+  weights, candidates = _candidates(mixture, pis, deltas, ridges,                # [D, R]
+                                    log10_range=tuple(cfg.log10_range), methods=tuple(methods))
   ridge, weight, errors = {}, {}, {}
   for method, errs in candidates.items():
     ridge[method], errors[method], take = _best_over_ridges(errs, ridges)
-    weight[method] = {"optimal": take(weights), "prior": (1.0 - pis) / pis,
-                      "unweighted": np.ones(len(deltas)),
-                      "downsample": np.ones(len(deltas))}[method]
+    weight[method] = (take(weights) if method == "optimal" else
+                      (1.0 - pis) / pis if method == "prior" else np.ones(len(deltas)))
   return Choice(ridge, weight, errors)
 
 
@@ -159,7 +174,7 @@ def simulate(cfg: Config, mixture: GaussianMixture, keys: jax.Array) -> dict:
   with jax.enable_x64(cfg.theory_x64):
     for regime in cfg.regimes:
       at_sizes = choose(cfg, mixture, realized, regime, pi_plus=pis)
-      at_down = choose(cfg, mixture, delta_down, regime)
+      at_down = choose(cfg, mixture, delta_down, regime, methods=("downsample",))
       choices[regime] = at_sizes._replace(
           ridge={**at_sizes.ridge, "downsample": at_down.ridge["downsample"]},
           errors={**at_sizes.errors, "downsample": at_down.errors["downsample"]})

@@ -36,8 +36,8 @@ comparison for all repeats and sizes is one jit(lax.map over repeats (lax.map ov
 Repeats, sizes and folds are sequential lax.maps, not vmaps: under jaxlib 0.10.x a batched
 LAPACK call (cholesky / eigh / triangular_solve on a stacked batch) fans its batch out to the
 XLA:CPU thread pool and blocks on it, and when the thunk executor runs as many such calls
-concurrently as the pool has threads (2 here) the process deadlocks at 0% CPU (observed;
-fixed upstream in jaxlib 0.11). Unbatched factorizations avoid it.
+concurrently as the pool has threads (2 here) the process deadlocks at 0% CPU (observed
+with 0.10.2; pyproject.toml excludes 0.10.0-0.10.2). Unbatched factorizations avoid it.
 Times are single calls on one retraining set after compilation (median of a few).
 Writes results.json (config, platform, all numbers), results.csv, one figure per case and
 timing.png, and prints a summary table.
@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import common
-from thumb_jax import lls, metrics, recommend, retrain, theory
+from thumb_jax import lls, metrics, recommend, retrain
 from thumb_jax import mixture as mixture_lib
 from thumb_jax.metrics import ClassErrors
 
@@ -288,10 +288,8 @@ def theory_weights(x, y, mask, *, ridge, objective, log10_range):
   stats = recommend.plug_in_stats(x, y > 0, mask, effective_rank=True, whitened=True)
   surs = [recommend.surrogate(stats, dim, d) for dim in THEORY_DIMS]
   sur = jax.tree_util.tree_map(lambda *v: jnp.stack(v), *surs)
-  best = jax.vmap(lambda m, dl, r: theory.optimal_weight(
-      m, dl, r, objective, log10_range=log10_range))(sur.mixture, sur.delta,
-                                                     ridge * sur.ridge_scale)
-  ok = (sur.signal > 0) & ((ridge > 0) | (sur.delta < 1)) & jnp.isfinite(best.weight)
+  best, ok = jax.vmap(lambda s: recommend.surrogate_weight(s, ridge, objective,
+                                                           log10_range=log10_range))(sur)
   return best, ok, sur.dimension, stats.count_minus / stats.count_plus
 
 
@@ -583,7 +581,7 @@ def table(result: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> dict:
   cfg, out = common.parse_args(argv, config(), quick=quick, description=__doc__,
                                flags=("embeddings",))
-  if cfg.objective not in ("worst", "balanced"):
+  if cfg.objective not in metrics.OBJECTIVES:
     raise ValueError(f"objective: expected 'worst' or 'balanced', got {cfg.objective!r}")
   results = {}
   for name in cfg.cases:

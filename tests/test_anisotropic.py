@@ -200,18 +200,21 @@ def test_fast_paths_match_general_path(x64):
     an.class_errors(prepared, n=n, weight=1.0, ridge=0.05)
 
 
-def test_sweep_over_weight_and_n_compiles_once():
-  mix, _ = power_law_mixture(32, seed=4)
-  form = an.prepare(_as_jnp(mix))
+def test_sweep_over_weight_and_n_compiles_once_across_mixtures():
+  """New mixtures (other spectra, prior, basis kind) and grids of one shape: one trace."""
+  forms = [an.prepare(_as_jnp(power_law_mixture(32, seed=4 + i, pi_plus=0.1 + 0.1 * i,
+                                                commuting=bool(i % 2))[0]))
+           for i in range(3)]
+  assert [bool(f.ridge_exact) for f in forms] == [False, True, False]
 
   @jax.jit
   @chex.assert_max_traces(n=1)
-  def grid(ns, ws):
+  def grid(form, ns, ws):
     per_n = lambda n: jax.vmap(lambda w: an.class_errors(form, n=n, weight=w))(ws)
     return jax.vmap(per_n)(ns)
 
-  for shift in range(3):
-    out = grid(jnp.array([40.0, 80.0, 320.0]) + shift, jnp.linspace(0.5, 9.0, 5) + shift)
+  for shift, form in enumerate(forms):
+    out = grid(form, jnp.array([40.0, 80.0, 320.0]) + shift, jnp.linspace(0.5, 9.0, 5) + shift)
     chex.assert_shape(out.err_plus, (3, 5))
     assert np.all(out.converged)
   # More samples help both classes at weight 1 (monotone in n).
@@ -281,7 +284,10 @@ def _good():
     ({}, dict(ridge=-0.1), "ridge"),
     ({}, dict(n=8.0), "n"),
     ({}, dict(n=5.0, ridge=0.0), "n"),
+    ({}, dict(n=0.0, ridge=0.1), "n"),
+    ({}, dict(n=-4.0, ridge=0.1), "n"),
     ({}, dict(damping=0.0), "damping"),
+    ({}, dict(max_iter=0), "max_iter"),
 ])
 def test_bad_inputs_raise(change, kwargs, match):
   mix = _good()._replace(**change)
@@ -367,3 +373,25 @@ def test_optimal_weight_matches_isotropic_search():
                                                refine_rounds=3))()
   np.testing.assert_allclose(got.weight, want.weight, rtol=0.02)
   np.testing.assert_allclose(got.value, want.value, atol=1e-4)
+
+
+def test_optimal_weight_broadcasts_over_n_and_ridge_and_flags_nan_points():
+  """One search per (n, ridge) pair, each the scalar search's answer; NaN where undefined."""
+  mix, _ = power_law_mixture(24, seed=9, commuting=True)
+  form = an.prepare(_as_jnp(mix))
+  search = dict(grid_size=64, refine_size=16)
+  n = jnp.array([40.0, 120.0, 20.0])                  # 20 <= d with ridge 0: undefined
+  ridge = jnp.array([[0.0], [0.1]])
+  got = jax.jit(lambda n, r: an.optimal_weight(form, n=n, ridge=r, **search))(n, ridge)
+  chex.assert_shape(got.weight, (2, 3))
+  one = jax.jit(lambda n, r: an.optimal_weight(form, n=n, ridge=r, **search))
+  # A minimum: no weight on a fine grid does better (up to the search's resolution).
+  grid_worst = jax.jit(lambda n, r: jnp.nanmin(jax.vmap(
+      lambda w: an.class_errors(form, n=n, weight=w, ridge=r))(jnp.geomspace(1e-2, 1e4, 400))
+      .worst))
+  for i, j in [(0, 0), (0, 1), (1, 0), (1, 2)]:
+    want = one(n[j], ridge[i, 0])
+    np.testing.assert_allclose(got.weight[i, j], want.weight, rtol=1e-5)
+    assert float(want.value) <= float(grid_worst(n[j], ridge[i, 0])) + 1e-5
+  assert np.isnan(got.weight[0, 2]) and np.isnan(got.value[0, 2])
+  assert np.isfinite(got.weight[1, 2])                # ridge > 0: n <= d is fine

@@ -110,18 +110,6 @@ def test_power_law_mixture_has_the_requested_structure():
     assert (np.abs(commutator).max() < 1e-10) == commuting
 
 
-def test_weight_search_finds_the_minimum_and_flags_nan_rows():
-  targets = np.array([0.3, 2.0, -1.5])
-
-  def worst(w):
-    value = (np.log10(w) - targets[:, None]) ** 2
-    return np.where(np.arange(3)[:, None] == 2, np.nan, value)     # row 2: undefined
-
-  got = experiment.weight_search(worst, 3, grid_size=32)
-  np.testing.assert_allclose(np.log10(got[:2]), targets[:2], atol=1e-3)
-  assert np.isnan(got[2])
-
-
 def test_embedding_sizes_and_imbalance():
   y = np.where(np.arange(500) < 100, 1.0, -1.0)
   sizes = experiment.embedding_sizes(y, 64, max_delta=2.0, num_sizes=5)

@@ -106,3 +106,12 @@ def test_cache_names_are_found_by_split(tmp_path):
     np.savez(path, embeddings=np.zeros((3, 4)), labels=np.array([1, -1, 1]))
     assert retrain.find_split_file(tmp_path, split) == path
   assert set(retrain.load_embedding_splits(tmp_path)) == {"val", "test"}
+  # A dataset name selects by the whole first field: cifar10 is not a prefix match of cifar100.
+  for name in ("cifar10", "cifar100"):
+    np.savez(embeddings.cache_path(tmp_path, dataset=name, split="val", latent_dim=4,
+                                   checkpoint_hash="cd" * 32),
+             embeddings=np.zeros((3, 4)), labels=np.array([1, -1, 1]))
+  for name in ("cifar10", "cifar100"):
+    found = retrain.find_split_file(tmp_path, "val", dataset=name)
+    assert os.path.basename(found).startswith(name + "_")
+  assert retrain.find_split_file(tmp_path, "val", dataset="celeba-Blond_Hair") == paths["val"]

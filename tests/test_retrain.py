@@ -135,15 +135,18 @@ def test_grid_errors_are_the_test_errors_of_the_layers(result):
     assert result.errors.err_minus[s, r, k] == pytest.approx(err_minus)
 
 
-@pytest.mark.parametrize("rows,d", [(60, 12), (20, 35)])
-def test_factor_low_rank_matches_numpy(x64, rows, d):
-  """The low-rank factorization, rows > d and rows < d (row-space basis), masked, ridge > 0."""
+@pytest.mark.parametrize("rows,d,plus_rows", [(60, 12, 30), (60, 40, 16), (20, 35, 10),
+                                              (20, 35, 20)])
+def test_factor_low_rank_matches_numpy(x64, rows, d, plus_rows):
+  """rows > d and rows < d (row-space basis), masked, ridge > 0; the P x P form
+  (plus_rows < r) and the r x r form (plus_rows >= r)."""
   x, y = _embeddings(rows, d, seed=rows)
   mask = np.ones(rows)
   mask[[3, 4, rows - 1]] = 0.0
   weights = np.array([0.1, 1.0, 7.0, 300.0])
   factors = jax.jit(lls.factor_low_rank, static_argnames=("ridge", "plus_rows"))(
-      jnp.asarray(x), jnp.asarray(y > 0), jnp.asarray(mask), ridge=0.02, plus_rows=rows // 2)
+      jnp.asarray(x), jnp.asarray(y > 0), jnp.asarray(mask), ridge=0.02, plus_rows=plus_rows)
+  assert factors.spectrum.shape == (min(plus_rows, min(rows, d)),)
   got = jax.jit(lls.solve_low_rank)(factors, jnp.asarray(weights))
   chex.assert_shape(got.w, (len(weights), d))
   tol = rtol(x64, f32=2e-3, f64=1e-9)
@@ -151,6 +154,9 @@ def test_factor_low_rank_matches_numpy(x64, rows, d):
     w_ref, b_ref = numpy_fit(x, y, mask, weight, 0.02)
     np.testing.assert_allclose(got.w[k], w_ref, rtol=0, atol=tol * np.abs(w_ref).max())
     np.testing.assert_allclose(got.b[k], b_ref, rtol=0, atol=tol * 10 * max(abs(b_ref), 1))
+  # Weights <= 0 give NaN layers (as lls.solve_factored), not finite garbage.
+  bad = jax.jit(lls.solve_low_rank)(factors, jnp.asarray([0.0, -0.5]))
+  assert np.all(np.isnan(bad.w)) and np.all(np.isnan(bad.b))
 
 
 def test_factor_low_rank_ridgeless_interpolator():
@@ -229,6 +235,25 @@ def test_method_weights(result):
                              np.broadcast_to(prior[:, None], result.defined.shape), rtol=1e-6)
   assert np.all(np.isfinite(methods.theory.weight) & (methods.theory.weight > 0))
   assert np.isnan(methods.theory.predicted.err_plus[~result.defined]).all()
+  # Where defined, the theory weights are recommend_weight on the subsample itself (raw
+  # features and ridge): delta = d / n for `theory`, d_eff = participation ratio for
+  # `theory_participation` (falling back to the prior ratio where that is undefined).
+  masks = _masks(POOL[1], result.count_plus, result.count_minus, seed=SEED, repeats=REPEATS)
+  checked = 0
+  for s, r in ((1, 0), (1, 2), (2, 1), (2, 2)):
+    keep = np.asarray(masks.mask[s, r]) > 0
+    x, y = POOL[0][keep], POOL[1][keep]
+    for name, dimension in (("theory", "ambient"), ("theory_participation", "participation")):
+      got = float(getattr(methods, name).weight[s, r])
+      try:
+        want = recommend.recommend_weight(x, y, ridge=_raw_ridge(result),
+                                          dimension=dimension).weight
+      except recommend.RecommendationUndefined:
+        want = float(prior[s])
+      else:
+        checked += 1
+      assert got == pytest.approx(want, rel=2e-3), (name, s, r)
+  assert checked >= 4
   # theory_pool: the pool plug-in's optimal weight of each size, the same in every repeat.
   pool_weight = np.where(np.isfinite(result.theory.optimal.weight), result.theory.optimal.weight,
                          methods.theory_pool.weight[:, 0])

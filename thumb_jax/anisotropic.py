@@ -82,15 +82,15 @@ class CovarianceMixture(NamedTuple):
 
 
 class Diagonalized(NamedTuple):
-  """The mixture in coordinates V that make Sigma_+, Sigma_- (and V'V) diagonal.
+  """The mixture in coordinates V that make Sigma_+ and Sigma_- diagonal.
 
-  With u -> V'u applied to the means: V' Sigma_k V = diag(var_k) and
-  V'V = diag(ridge_scale), so that
-      (ridge I + a_+ Sigma_+ + a_- Sigma_-)^-1 = V diag(1 / (ridge ridge_scale
-                                                   + a_+ var_plus + a_- var_minus)) V'.
-  For covariances given by eigenvalues in a shared orthonormal eigenbasis U
-  (fast path (a)), V = U: var_k are the eigenvalues, means are U' mu_k and
-  ridge_scale = 1 (see `from_eigenbasis`).
+  With u -> V'u applied to the means, V' Sigma_k V = diag(var_k). If V is orthonormal
+  (a shared eigenbasis U of commuting covariances: fast path (a), `from_eigenbasis`, or
+  `prepare` when they commute) then
+      (ridge I + a_+ Sigma_+ + a_- Sigma_-)^-1 = V diag(1 / (ridge + a_+ var_plus
+                                                           + a_- var_minus)) V'
+  for every ridge. The generalized eigenbasis of non-commuting covariances has V'V not
+  diagonal, and the identity holds for ridge = 0 only (ridge_exact False).
 
   Attributes:
     pi_plus: prior of class +1.
@@ -98,8 +98,7 @@ class Diagonalized(NamedTuple):
     mean_minus: V' mu_- [d].
     var_plus: diag(V' Sigma_+ V) [d] >= 0.
     var_minus: diag(V' Sigma_- V) [d] >= 0.
-    ridge_scale: diag(V'V) [d] >= 0.
-    ridge_exact: bool []; False when V'V is not diagonal (generalized eigenbasis of
+    ridge_exact: bool []; False when V is not orthonormal (generalized eigenbasis of
       non-commuting covariances): then only ridge = 0 is exact.
   """
   pi_plus: float
@@ -107,7 +106,6 @@ class Diagonalized(NamedTuple):
   mean_minus: jax.Array
   var_plus: jax.Array
   var_minus: jax.Array
-  ridge_scale: jax.Array
   ridge_exact: jax.Array
 
   @property
@@ -119,9 +117,9 @@ class Diagonalized(NamedTuple):
     _checks.open_interval("pi_plus", self.pi_plus, 0.0, 1.0)
     _checks.shape("var_plus", self.var_plus, (None,), "[d]")
     d = np.shape(self.var_plus)[0]
-    for name in ("mean_plus", "mean_minus", "var_minus", "ridge_scale"):
+    for name in ("mean_plus", "mean_minus", "var_minus"):
       _checks.shape(name, getattr(self, name), (d,), f"[{d}] (as var_plus)")
-    for name in ("var_plus", "var_minus", "ridge_scale"):
+    for name in ("var_plus", "var_minus"):
       _checks.nonnegative(name, getattr(self, name))
     _checks.shape("ridge_exact", self.ridge_exact, (), "[] (a boolean)")
     return self
@@ -136,13 +134,12 @@ def from_eigenbasis(*, pi_plus, eig_plus, eig_minus, mean_plus, mean_minus) -> D
     mean_plus, mean_minus: U' mu_+, U' mu_- [d] (the means in that basis).
 
   Returns:
-    Diagonalized with ridge_scale = 1 (every ridge exact).
+    Diagonalized (every ridge exact).
   """
   dtype = jnp.result_type(float)
   eig_plus = jnp.asarray(eig_plus, dtype)
   return Diagonalized(pi_plus, jnp.asarray(mean_plus, dtype), jnp.asarray(mean_minus, dtype),
-                      eig_plus, jnp.asarray(eig_minus, dtype), jnp.ones_like(eig_plus),
-                      jnp.asarray(True)).validate()
+                      eig_plus, jnp.asarray(eig_minus, dtype), jnp.asarray(True)).validate()
 
 
 def _check_psd(name: str, cov) -> None:
@@ -337,22 +334,21 @@ def prepare(mixture: CovarianceMixture, *, commute_tol=None) -> Diagonalized:
 
   commuting = jnp.maximum(off_diagonal(rot_p), off_diagonal(rot_m)) <= commute_tol
 
-  # 2. Generalized eigenbasis of the pencil (Sigma_+, Sigma_-).
-  chol = jnp.linalg.cholesky(cov_m)
-  half = solve_triangular(chol, cov_p, lower=True)                  # L^-1 Sigma_+
-  whitened = solve_triangular(chol, half.T, lower=True)             # L^-1 Sigma_+ L^-T
-  lam, w = jnp.linalg.eigh(0.5 * (whitened + whitened.T))
-  gen = solve_triangular(chol.T, w, lower=False)                    # V = L^-T W
+  def orthonormal():
+    return (basis.T @ mean_p, basis.T @ mean_m, jnp.clip(jnp.diag(rot_p), 0.0),
+            jnp.clip(jnp.diag(rot_m), 0.0))
 
-  pick = lambda a, b: jnp.where(commuting, a, b)
-  return Diagonalized(
-      mixture.pi_plus,
-      pick(basis.T @ mean_p, gen.T @ mean_p),
-      pick(basis.T @ mean_m, gen.T @ mean_m),
-      pick(jnp.clip(jnp.diag(rot_p), 0.0), jnp.clip(lam, 0.0)),
-      pick(jnp.clip(jnp.diag(rot_m), 0.0), jnp.ones_like(lam)),
-      pick(jnp.ones_like(lam), jnp.sum(gen ** 2, axis=0)),
-      commuting)
+  def generalized():
+    # 2. Generalized eigenbasis of the pencil (Sigma_+, Sigma_-).
+    chol = jnp.linalg.cholesky(cov_m)
+    whitened = _sandwich(chol, cov_p)                                 # L^-1 Sigma_+ L^-T
+    lam, w = jnp.linalg.eigh(0.5 * (whitened + whitened.T))
+    gen = solve_triangular(chol.T, w, lower=False)                    # V = L^-T W
+    return gen.T @ mean_p, gen.T @ mean_m, jnp.clip(lam, 0.0), jnp.ones_like(lam)
+
+  # Only the basis that applies is computed (both under vmap, where cond becomes select).
+  return Diagonalized(mixture.pi_plus, *jax.lax.cond(commuting, orthonormal, generalized),
+                      commuting)
 
 
 # ---------------------------------------------------------------------------------------
@@ -369,13 +365,8 @@ class GeneralErrors(NamedTuple):
   log_err_plus: jax.Array   # log err_+, finite where err_+ underflows to 0
   log_err_minus: jax.Array  # log err_-
 
-  @property
-  def worst(self):
-    return jnp.maximum(self.err_plus, self.err_minus)
-
-  @property
-  def balanced(self):
-    return 0.5 * (self.err_plus + self.err_minus)
+  worst = metrics.ClassErrors.worst
+  balanced = metrics.ClassErrors.balanced
 
 
 class _Traces(NamedTuple):
@@ -390,41 +381,33 @@ class _MeanTerms(NamedTuple):
   d_q_s_q_d: jax.Array  # [2]: dmu' Qbar Sigma_k Qbar dmu
 
 
-# Diagonal form: Qbar = V diag(q) V', q = 1 / (ridge h + a_+ v_+ + a_- v_-), so
+def _traces(e_plus, e_minus, pp, pm, mm, n) -> _Traces:
+  return _Traces(jnp.stack([e_plus, e_minus]) / n,
+                 jnp.stack([jnp.stack([pp, pm]), jnp.stack([pm, mm])]) / n)
+
+
+# Each `_*_terms` returns (_Traces, _MeanTerms) from one factorization at a; the fixed
+# point uses the traces only (under jit the mean terms are dead code and never computed).
+#
+# Diagonal form: Qbar = V diag(q) V', q = 1 / (ridge + a_+ v_+ + a_- v_-), so
 # tr(Sigma_k Qbar) = sum v_k q, tr(Sigma_j Qbar Sigma_l Qbar) = sum v_j v_l q^2,
 # u' Qbar w = sum (V'u)(V'w) q, u' Qbar Sigma_k Qbar w = sum (V'u)(V'w) v_k q^2.
 
 
-def _diag_q(form: Diagonalized, a, ridge):
-  return 1.0 / (ridge * form.ridge_scale + a[0] * form.var_plus + a[1] * form.var_minus)
-
-
-def _diag_traces(form: Diagonalized, a, ridge, n) -> _Traces:
-  q = _diag_q(form, a, ridge)
+def _diag_terms(form: Diagonalized, a, ridge, n) -> tuple[_Traces, _MeanTerms]:
+  q = 1.0 / (ridge + a[0] * form.var_plus + a[1] * form.var_minus)
   vq_p, vq_m = form.var_plus * q, form.var_minus * q
-  e = jnp.stack([jnp.sum(vq_p), jnp.sum(vq_m)]) / n
-  pp, pm, mm = jnp.sum(vq_p * vq_p), jnp.sum(vq_p * vq_m), jnp.sum(vq_m * vq_m)
-  t2 = jnp.stack([jnp.stack([pp, pm]), jnp.stack([pm, mm])]) / n
-  return _Traces(e, t2)
-
-
-def _diag_mean_terms(form: Diagonalized, a, ridge) -> _MeanTerms:
-  q = _diag_q(form, a, ridge)
+  traces = _traces(jnp.sum(vq_p), jnp.sum(vq_m), jnp.sum(vq_p * vq_p), jnp.sum(vq_p * vq_m),
+                   jnp.sum(vq_m * vq_m), n)
   dq = (form.mean_plus - form.mean_minus) * q
   d_q_mu = jnp.stack([dq @ form.mean_plus, dq @ form.mean_minus])
   d_q_s_q_d = jnp.stack([dq @ (form.var_plus * dq), dq @ (form.var_minus * dq)])
-  return _MeanTerms(d_q_mu, d_q_s_q_d)
+  return traces, _MeanTerms(d_q_mu, d_q_s_q_d)
 
 
 # Dense form: Qbar^-1 = L L' (Cholesky), W_k = L^-1 Sigma_k L^-T, so
 # tr(Sigma_k Qbar) = tr W_k, tr(Sigma_j Qbar Sigma_l Qbar) = sum(W_j * W_l),
 # u' Qbar w = (L^-1 u).(L^-1 w), u' Qbar Sigma_k Qbar u = (L^-1 u)' W_k (L^-1 u).
-
-
-def _dense_chol(mix: CovarianceMixture, a, ridge):
-  d = mix.cov_plus.shape[0]
-  return jnp.linalg.cholesky(ridge * jnp.eye(d, dtype=mix.cov_plus.dtype)
-                             + a[0] * mix.cov_plus + a[1] * mix.cov_minus)
 
 
 def _sandwich(chol, cov):
@@ -433,21 +416,16 @@ def _sandwich(chol, cov):
   return solve_triangular(chol, half.T, lower=True)
 
 
-def _dense_traces(mix: CovarianceMixture, a, ridge, n) -> _Traces:
-  chol = _dense_chol(mix, a, ridge)
+def _dense_terms(mix: CovarianceMixture, a, ridge, n) -> tuple[_Traces, _MeanTerms]:
+  d = mix.cov_plus.shape[0]
+  chol = jnp.linalg.cholesky(ridge * jnp.eye(d, dtype=mix.cov_plus.dtype)
+                             + a[0] * mix.cov_plus + a[1] * mix.cov_minus)
   w_p, w_m = _sandwich(chol, mix.cov_plus), _sandwich(chol, mix.cov_minus)
-  e = jnp.stack([jnp.trace(w_p), jnp.trace(w_m)]) / n
-  pp, pm, mm = jnp.sum(w_p * w_p), jnp.sum(w_p * w_m), jnp.sum(w_m * w_m)
-  t2 = jnp.stack([jnp.stack([pp, pm]), jnp.stack([pm, mm])]) / n
-  return _Traces(e, t2)
-
-
-def _dense_mean_terms(mix: CovarianceMixture, a, ridge) -> _MeanTerms:
-  chol = _dense_chol(mix, a, ridge)
+  traces = _traces(jnp.trace(w_p), jnp.trace(w_m), jnp.sum(w_p * w_p), jnp.sum(w_p * w_m),
+                   jnp.sum(w_m * w_m), n)
   u = solve_triangular(chol, mix.mean_plus - mix.mean_minus, lower=True)
   v = solve_triangular(chol, jnp.stack([mix.mean_plus, mix.mean_minus], 1), lower=True)
-  w_p, w_m = _sandwich(chol, mix.cov_plus), _sandwich(chol, mix.cov_minus)
-  return _MeanTerms(u @ v, jnp.stack([u @ w_p @ u, u @ w_m @ u]))
+  return traces, _MeanTerms(u @ v, jnp.stack([u @ w_p @ u, u @ w_m @ u]))
 
 
 def _solve2(m, r):
@@ -516,8 +494,8 @@ def _class_errors(form, n, weight, ridge, *, max_iter, tol, damping) -> GeneralE
          | ((ridge == 0) & (n <= d)))
   if not dense:
     bad = bad | ((ridge > 0) & ~form.ridge_exact)
-  traces_at = _dense_traces if dense else _diag_traces
-  mean_terms_at = _dense_mean_terms if dense else _diag_mean_terms
+  terms_at = _dense_terms if dense else _diag_terms
+  traces_at = lambda a: terms_at(form, a, ridge, n)[0]
 
   def a_of(e):                       # a_k = pi_k c_k / (1 + c_k e_k)
     return pi * c / (1.0 + c * e)
@@ -526,11 +504,11 @@ def _class_errors(form, n, weight, ridge, *, max_iter, tol, damping) -> GeneralE
     return pi * c ** 2 / (1.0 + c * e) ** 2
 
   def residual_fn(e):
-    return e - traces_at(form, a_of(e), ridge, n).e
+    return e - traces_at(a_of(e)).e
 
   def solve(_, e_init):
     del e_init
-    return _fixed_point(lambda e: traces_at(form, a_of(e), ridge, n), b_of,
+    return _fixed_point(lambda e: traces_at(a_of(e)), b_of,
                         max_iter=max_iter, tol=tol, damping=damping)
 
   # Implicit differentiation through the fixed point: de = (I - Omega)^-1 dF|_e fixed.
@@ -543,8 +521,7 @@ def _class_errors(form, n, weight, ridge, *, max_iter, tol, damping) -> GeneralE
 
   # Steps 2-5 at the fixed point.
   a = a_of(e)
-  tr = traces_at(form, a, ridge, n)
-  mt = mean_terms_at(form, a, ridge)
+  tr, mt = terms_at(form, a, ridge, n)
   d_q_d = mt.d_q_mu[0] - mt.d_q_mu[1]                       # dmu' Qbar dmu
   cbar = jnp.sum(pi * c)
   p = pi[0] * c[0] / cbar
@@ -630,47 +607,48 @@ def class_errors(mixture: CovarianceMixture | Diagonalized, *, n, weight, ridge=
 
 def optimal_weight(mixture: CovarianceMixture | Diagonalized, *, n, ridge=0.0,
                    objective: str = "worst", log10_range: tuple[float, float] = (-2.0, 4.0),
-                   grid_size: int = 256, refine_size: int = 32,
-                   refine_rounds: int = 2) -> OptimalWeight:
+                   grid_size: int = 256, refine_size: int = 32, refine_rounds: int = 2,
+                   max_iter: int = 100, tol=None) -> OptimalWeight:
   """argmin over weight of the worst-class (or balanced) error, general covariances.
 
-  The same search as `thumb_jax.theory.optimal_weight` (a dense log grid, robust to
-  the non-convexity in the weight, then `refine_rounds` local grids), for one (n, ridge).
+  `thumb_jax.theory.search_log_weight` (a dense log grid, robust to the non-convexity in
+  the weight, then `refine_rounds` local grids) on the log objective, as
+  `thumb_jax.theory.optimal_weight`; broadcasts over n and ridge (one search per pair).
 
   Returns:
-    OptimalWeight (NaN where every grid point is NaN).
+    OptimalWeight with the broadcast shape of (n, ridge); NaN where every grid point is
+    NaN (no converged fixed point, or invalid input under jit).
   """
-  if objective not in ("worst", "balanced"):
-    raise ValueError(f"objective: expected 'worst' or 'balanced', got {objective!r}")
-  # Validate once, then sweep without re-checking.
-  _check_args(mixture, n=n, weight=1.0, ridge=ridge)
-  def errors_at(log_w):
-    return jax.vmap(lambda lw: class_errors(mixture, n=n, weight=10.0 ** lw, ridge=ridge))(
-        jnp.atleast_1d(log_w))
+  if objective not in metrics.OBJECTIVES:
+    raise ValueError(f"objective: expected one of {list(metrics.OBJECTIVES)}, got {objective!r}")
+  _check_args(mixture, n=n, weight=1.0, ridge=ridge, max_iter=max_iter)
+  if tol is None:
+    tol = 1e-5 if jnp.result_type(float) == jnp.float32 else 1e-10
+  errors_at = lambda n, weight, ridge: _class_errors(mixture, n, weight, ridge,
+                                                     max_iter=max_iter, tol=tol, damping=1.0)
 
-  def objective_fn(log_w):
+  def log_objective(errs):
     # Searched in log space (metrics.log_objective): the same argmin, no underflow.
-    errs = errors_at(log_w)
     return metrics.log_objective(ClassErrors(errs.log_err_plus, errs.log_err_minus), objective)
 
-  best = search_log_weight(objective_fn, log10_range=log10_range, grid_size=grid_size,
-                           refine_size=refine_size, refine_rounds=refine_rounds)
-  errs = jax.tree.map(lambda a: a[0], errors_at(best))
-  ok = jnp.isfinite(objective_fn(best)[0])
-  value = errs.worst if objective == "worst" else errs.balanced
-  return OptimalWeight(jnp.where(ok, 10.0 ** best, jnp.nan), errs.err_plus, errs.err_minus,
-                       value)
+  def one(n, ridge):
+    best = search_log_weight(
+        lambda log_w: log_objective(jax.vmap(lambda w: errors_at(n, w, ridge))(10.0 ** log_w)),
+        log10_range=log10_range, grid_size=grid_size, refine_size=refine_size,
+        refine_rounds=refine_rounds)
+    errs = errors_at(n, 10.0 ** best, ridge)
+    weight = jnp.where(jnp.isfinite(log_objective(errs)), 10.0 ** best, jnp.nan)
+    return OptimalWeight(weight, errs.err_plus, errs.err_minus, metrics.objective(errs, objective))
+
+  dtype = jnp.result_type(float)
+  # jnp.vectorize can return a plain tuple (when a broadcast axis has size 1 in every input).
+  return OptimalWeight(*jnp.vectorize(one)(jnp.asarray(n, dtype), jnp.asarray(ridge, dtype)))
 
 
 class IsotropicPlugIn(NamedTuple):
   """An isotropic stand-in for a CovarianceMixture (see `isotropic_plug_in`)."""
   mixture: iso_mixture.GaussianMixture
   d_eff: jax.Array            # participation ratio of the pooled covariance
-
-
-def participation_ratio(cov: jax.Array) -> jax.Array:
-  """d_eff = (tr Sigma)^2 / tr(Sigma^2), in [1, d]."""
-  return jnp.trace(cov) ** 2 / jnp.sum(cov * cov)
 
 
 def isotropic_plug_in(mixture: CovarianceMixture) -> IsotropicPlugIn:

@@ -11,8 +11,8 @@ a row left out, so one fixed-shape design plus a 0/1 mask serves every sample si
 Two ways to serve many class weights from one factorization (THEORY.md, "Fast sweep"):
 `factor` / `solve_factored` (behind `fit_sweep`) eigendecompose the whitened minority
 scatter in full, r x r; `factor_low_rank` / `solve_low_rank` use that the minority scatter
-has rank below n_+ and eigendecompose a P x P matrix instead (P >= n_+; faster under
-imbalance, used by `thumb_jax.retrain`'s sweeps).
+has rank below n_+ and eigendecompose a P x P matrix instead (P >= n_+; faster when
+n_+ < r, used by `thumb_jax.retrain`'s sweeps; r x r as `factor` when P >= r).
 
 Nothing here is jitted; callers apply `jax.jit` / `jax.vmap`, e.g.
 `jax.jit(jax.vmap(fit_sweep, in_axes=(0, 0, None)))` over seeds.
@@ -233,19 +233,27 @@ def solve_factored(factors: SweepFactors, weights: jax.Array) -> LastLayer:
   weights = jnp.asarray(weights, factors.transform.dtype)
   _checks.positive("weights", weights)
   f = factors
-  total_plus = weights * f.count_plus
-  beta = total_plus * f.count_minus / (total_plus + f.count_minus)                 # [K]
   denom = 1.0 + (weights[:, None] - 1.0) * f.spectrum                               # [K, r]
   g = f.proj_diff / denom                                                            # [K, r]
   quad = jnp.sum(f.proj_diff * g, axis=-1)                                           # dbar'A^-1 dbar
-  v = (2.0 * beta / (1.0 + beta * quad))[:, None] * (g @ f.transform.T)             # [K, r]
+  return _finish(f, weights, g @ f.transform.T, quad)
+
+
+def _finish(f, weights: jax.Array, direction: jax.Array, quad: jax.Array) -> LastLayer:
+  """Last layers from A^-1 dbar [K, r] and dbar' A^-1 dbar [K] (both sweeps; see `factor`).
+
+  w = 2 beta A^-1 dbar / (1 + beta dbar' A^-1 dbar), mapped back by the basis; NaN for
+  weights <= 0; the interpolator where it applies; b = ybar - xbar.w with weighted means,
+  ybar = (omega n_+ - n_-) / (omega n_+ + n_-).
+  """
+  total_plus = weights * f.count_plus
+  total = total_plus + f.count_minus
+  beta = total_plus * f.count_minus / total                                          # [K]
+  v = (2.0 * beta / (1.0 + beta * quad))[:, None] * direction                       # [K, r]
   w = v if f.basis is None else v @ f.basis.T
   w = jnp.where(weights[:, None] > 0, w, jnp.nan)
-  # b = ybar - xbar.w with weighted means: ybar = (omega n_+ - n_-) / (omega n_+ + n_-).
-  total = total_plus + f.count_minus
   ybar = (total_plus - f.count_minus) / total
-  xbar_w = (total_plus * (w @ f.mean_plus) + f.count_minus * (w @ f.mean_minus)) / total
-  b = ybar - xbar_w
+  b = ybar - (total_plus * (w @ f.mean_plus) + f.count_minus * (w @ f.mean_minus)) / total
   if f.interpolator is not None:
     w = jnp.where(f.use_interpolator, f.interpolator.w, w)
     b = jnp.where(f.use_interpolator, f.interpolator.b, b)
@@ -275,12 +283,13 @@ class LowRankFactors(NamedTuple):
   In the coordinates `basis` (identity when d <= rows, else an orthonormal basis of the
   rows), with the within-class scatter R = S_+ + S_- + ridge n I = L L', the minority's
   centred rows Z_+ [P, r] (S_+ = Z_+' Z_+), W = L^-1 Z_+' and W'W = V diag(s) V'.
+  Below, P' = P, or r when P >= r (then the r x r form: see `factor_low_rank`).
   """
   base: jax.Array          # R^-1 dbar [r]
   base_quad: jax.Array     # dbar' R^-1 dbar []
-  transform: jax.Array     # L^-T W V [r, P]
-  spectrum: jax.Array      # s [P], in [0, 1]
-  proj: jax.Array          # V' W' L^-1 dbar [P]
+  transform: jax.Array     # L^-T W V [r, P']
+  spectrum: jax.Array      # s [P'], in [0, 1]
+  proj: jax.Array          # V' W' L^-1 dbar [P']
   mean_plus: jax.Array     # xbar_+ [d]
   mean_minus: jax.Array    # xbar_- [d]
   count_plus: jax.Array    # n_+ []
@@ -309,8 +318,10 @@ def factor_low_rank(x: jax.Array, is_plus: jax.Array, mask: jax.Array, *, ridge:
   directions of masked or collinear rows, which then contribute nothing). Cost: one Gram
   O(B r^2), one Cholesky O(r^3 / 3), two triangular solves O(r^2 P) and an O(P^3)
   eigendecomposition, against `factor`'s two Grams, three r x r triangular solves and
-  an r x r eigendecomposition. With ridge 0 and R singular (fewer than r + 2 rows kept)
-  every weight gives the minimum-norm interpolator, as in `factor`.
+  an r x r eigendecomposition. When P >= r there is nothing to gain and the r x r
+  eigendecomposition of L^-1 S_+ L^-T is used instead (same fields, see the code). With
+  ridge 0 and R singular (fewer than r + 2 rows kept) every weight gives the minimum-norm
+  interpolator, as in `factor`.
 
   Args:
     x: rows [B, d] (a subsample's kept rows plus masked filler).
@@ -342,7 +353,18 @@ def factor_low_rank(x: jax.Array, is_plus: jax.Array, mask: jax.Array, *, ridge:
   chol = jnp.linalg.cholesky(within + ridge * (n_plus + n_minus) * jnp.eye(r, dtype=x.dtype))
   e = solve_triangular(chol, zbar_plus - zbar_minus, lower=True)
   base = solve_triangular(chol, e, lower=True, trans=1)
-  if plus_rows:
+  if plus_rows >= r:
+    # No saving from the minority's rank: eigendecompose the r x r L^-1 S_+ L^-T = U diag(s) U'
+    # (as `factor`). Its W = U diag(sqrt s) V' gives W V = U diag(sqrt s), so the same
+    # fields are T = L^-T U diag(sqrt s) and q = diag(sqrt s) U' e.
+    rows_plus = centred * m_plus[:, None]
+    whitened = solve_triangular(chol, solve_triangular(chol, rows_plus.T @ rows_plus,
+                                                       lower=True).T, lower=True)
+    spectrum, evecs = jnp.linalg.eigh(0.5 * (whitened + whitened.T))
+    root = jnp.sqrt(jnp.clip(spectrum, 0.0, 1.0))
+    transform = solve_triangular(chol, evecs * root, lower=True, trans=1)
+    proj = root * (evecs.T @ e)
+  elif plus_rows:
     keep = jnp.argsort(-m_plus, stable=True)[:plus_rows]           # minority rows first
     rows_plus = centred[keep] * m_plus[keep, None]                 # Z_+ [P, r]
     half = solve_triangular(chol, rows_plus.T, lower=True)         # W [r, P]
@@ -372,26 +394,16 @@ def solve_low_rank(factors: LowRankFactors, weights: jax.Array) -> LastLayer:
 
   Args:
     factors: from `factor_low_rank`.
-    weights: omega [K] > 0.
+    weights: omega [K] > 0 (NaN for omega <= 0 under jit).
 
   Returns:
     LastLayer(w [K, d], b [K]).
   """
   f = factors
   weights = jnp.asarray(weights, f.base.dtype)
+  _checks.positive("weights", weights)
   c = weights[:, None] - 1.0
   coef = c / (1.0 + c * f.spectrum)                                               # [K, P]
   direction = f.base - (coef * f.proj) @ f.transform.T                            # A^-1 dbar
   quad = f.base_quad - jnp.sum(coef * f.proj ** 2, axis=-1)                       # [K]
-  total_plus = weights * f.count_plus
-  total = total_plus + f.count_minus
-  beta = total_plus * f.count_minus / total
-  v = (2.0 * beta / (1.0 + beta * quad))[:, None] * direction
-  w = v if f.basis is None else v @ f.basis.T
-  # b = ybar - xbar.w with weighted means (as in `solve_factored`).
-  ybar = (total_plus - f.count_minus) / total
-  b = ybar - (total_plus * (w @ f.mean_plus) + f.count_minus * (w @ f.mean_minus)) / total
-  if f.interpolator is not None:
-    w = jnp.where(f.use_interpolator, f.interpolator.w, w)
-    b = jnp.where(f.use_interpolator, f.interpolator.b, b)
-  return LastLayer(w, b)
+  return _finish(f, weights, direction, quad)

@@ -41,6 +41,15 @@ def balanced_error(errors: ClassErrors):
 OBJECTIVES = ("worst", "balanced")
 
 
+def objective(errors: ClassErrors, objective: str):
+  """The worst-class or balanced error (`objective`, one of OBJECTIVES)."""
+  if objective == "worst":
+    return worst_class_error(errors)
+  if objective == "balanced":
+    return balanced_error(errors)
+  raise ValueError(f"objective: expected one of {list(OBJECTIVES)}, got {objective!r}")
+
+
 def log_objective(log_errors: ClassErrors, objective: str):
   """log of the worst-class or balanced error, from per-class log errors.
 
@@ -107,7 +116,8 @@ class MeanCI(NamedTuple):
   mean: np.ndarray
   low: np.ndarray
   high: np.ndarray
-  half_width: np.ndarray
+  half_width: np.ndarray   # t quantile * standard_error
+  standard_error: np.ndarray  # std / sqrt(count)
 
 
 def mean_ci(values, *, axis: int = 0, level: float = 0.95) -> MeanCI:
@@ -129,5 +139,6 @@ def mean_ci(values, *, axis: int = 0, level: float = 0.95) -> MeanCI:
   std = np.nanstd(v, axis=axis, ddof=1) if v.shape[axis] > 1 else np.zeros_like(mean)
   with np.errstate(invalid="ignore", divide="ignore"):
     t = stats.t.ppf(0.5 + level / 2, np.maximum(count - 1, 1))
-    half = np.where(count > 1, t * std / np.sqrt(count), np.nan)
-  return MeanCI(mean, mean - half, mean + half, half)
+    se = np.where(count > 1, std / np.sqrt(count), np.nan)
+  half = t * se
+  return MeanCI(mean, mean - half, mean + half, half, se)

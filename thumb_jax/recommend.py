@@ -79,12 +79,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from thumb_jax import theory
+from thumb_jax import metrics, theory
 from thumb_jax.metrics import ClassErrors
 from thumb_jax.mixture import GaussianMixture
 
 _DIMENSIONS = ("participation", "effective_rank", "ambient", "whitened")
-_OBJECTIVES = ("worst", "balanced")
 
 
 class RecommendationUndefined(ValueError):
@@ -418,6 +417,24 @@ def _resample_counts(key: jax.Array, index_plus: jax.Array, index_minus: jax.Arr
   return jnp.zeros((n_rows,)).at[pick_p].add(1.0).at[pick_m].add(1.0)
 
 
+def surrogate_weight(sur: Surrogate, ridge, objective: str = "worst", *,
+                     log10_range: tuple[float, float] = (-2.0, 4.0)
+                     ) -> tuple[theory.OptimalWeight, jax.Array]:
+  """`theory.optimal_weight` of a surrogate, and where that weight is defined (traceable).
+
+  Scalar fields; vmap over a stacked Surrogate for many. The theory's ridge is
+  ridge * sur.ridge_scale. Defined: the debiased squared mean difference is > 0, the
+  theory applies (ridge > 0 or delta < 1) and the search found a weight.
+
+  Returns:
+    (OptimalWeight, defined bool).
+  """
+  best = theory.optimal_weight(sur.mixture, sur.delta, ridge * sur.ridge_scale, objective,
+                               log10_range=log10_range)
+  defined = (sur.signal > 0) & ((ridge > 0) | (sur.delta < 1)) & jnp.isfinite(best.weight)
+  return best, defined
+
+
 def _predict(mixture, delta, ridge, prior_weight, *, objective, log10_range):
   """Optimal weight and the predicted errors at the prior weight (scalars; jitted once)."""
   best = theory.optimal_weight(mixture, delta, ridge, objective, log10_range=log10_range)
@@ -439,11 +456,9 @@ def _bootstrap_weights(keys, x, is_plus, index_plus, index_minus, *, dimension, 
     counts = _resample_counts(key, index_plus, index_minus, n_rows).astype(x.dtype)
     stats = plug_in_stats(x, is_plus, counts, effective_rank=dimension == "effective_rank",
                           whitened=dimension == "whitened")
-    sur = surrogate(stats, dimension, d)
-    best = theory.optimal_weight(sur.mixture, sur.delta, ridge * sur.ridge_scale, objective,
-                                 log10_range=log10_range)
-    ok = (sur.signal > 0) & ((ridge > 0) | (sur.delta < 1))
-    return jnp.where(ok, best.weight, jnp.nan)
+    best, defined = surrogate_weight(surrogate(stats, dimension, d), ridge, objective,
+                                     log10_range=log10_range)
+    return jnp.where(defined, best.weight, jnp.nan)
 
   return jax.lax.map(one, keys, batch_size=batch_size)
 
@@ -486,8 +501,8 @@ def recommend_weight(features, labels, *, ridge: float = 0.0, objective: str = "
     is <= 0 (no detectable signal) or, with ridge = 0, when the fit interpolates
     (d >= n - 1, where every weight gives the same last layer) or delta_eff >= 1.
   """
-  if objective not in _OBJECTIVES:
-    raise ValueError(f"objective: expected one of {list(_OBJECTIVES)}, got {objective!r}")
+  if objective not in metrics.OBJECTIVES:
+    raise ValueError(f"objective: expected one of {list(metrics.OBJECTIVES)}, got {objective!r}")
   _check_dimension(dimension)
   if not np.isscalar(ridge) or not np.isfinite(ridge) or ridge < 0:
     raise ValueError(f"ridge: expected a finite number >= 0, got {ridge!r}")
@@ -531,7 +546,7 @@ def recommend_weight(features, labels, *, ridge: float = 0.0, objective: str = "
     index_minus = jnp.asarray(np.flatnonzero(y < 0))
     keys = jax.random.split(jax.random.key(seed), bootstrap)
     # "effective_rank" / "whitened" factor a matrix per resample: resamples then run one at
-    # a time, because batched LAPACK calls can deadlock jaxlib 0.10's CPU thread pool.
+    # a time, because batched LAPACK calls can deadlock jaxlib 0.10.0-0.10.2's CPU pool.
     batch = (None if dimension in ("effective_rank", "whitened")
              else min(batch_size, bootstrap))
     boot = np.asarray(_bootstrap_weights_jit(

@@ -23,9 +23,9 @@ downsampling mask keeps the subsample's n_+ minority rows and the first n_+ of i
 rows (balanced, n' = 2 n_+; nested inside the subsample).
 
 Factorization. Per subsample, `lls.factor_low_rank` (one Cholesky of the within-class scatter
-plus a P x P eigendecomposition, P ~ n_+: the minority's scatter has low rank under
-imbalance) serves every weight at O(d P) each; its scatter also feeds the plug-in
-statistics, so each subsample's rows are multiplied out once.
+plus a P x P eigendecomposition, P = the minority row buffer >= n_+, or r x r when P >= r:
+the minority's scatter has rank below n_+) serves every weight at O(d P) each; its scatter
+also feeds the plug-in statistics, so each subsample's rows are multiplied out once.
 
 Features. The pool and the test split are centred by the pool mean and divided by one scalar,
 feature_scale = sqrt(tr Cov(x_pool) / d). The intercept is unpenalized, so this changes no
@@ -45,8 +45,9 @@ except downsampling, which is its own fit):
   theory                `theory.optimal_weight` (worst-class objective by default) of the
                         plug-in isotropic mixture (`recommend.plug_in_stats` / `surrogate`:
                         debiased squared mean difference, class traces) estimated on the
-                        subsample itself, with delta = d / n (d = the embedding width). This
-                        is what a practitioner holding only the subsample can do.
+                        subsample itself, with delta = d / n (d = the embedding width; with
+                        dimension="participation", d_eff as below). This is what a
+                        practitioner holding only the subsample can do.
   theory_participation  the same with d_eff = the debiased participation ratio of the
                         subsample's within-class covariance (recommend's default),
                         delta = d_eff / n.
@@ -55,9 +56,9 @@ except downsampling, which is its own fit):
   downsample            weight 1 on the balanced downsampled subsample.
   grid_oracle           the grid weight with the smallest worst-class *test* error, chosen on
                         the test split (a hindsight lower bound, not a method).
-Where the per-subsample plug-in is undefined (debiased squared mean difference <= 0, or
-ridge 0 with delta >= 1) the theory methods fall back to the prior ratio and `defined` is
-False there. The plug-in never sees the test split (nor the backbone's training split).
+Where a plug-in is undefined (debiased squared mean difference <= 0, or ridge 0 with
+delta >= 1) the theory methods fall back to the prior ratio (theory_pool: the pool's);
+`defined` marks where the `theory` method's own weight was used. The plug-in never sees the test split (nor the backbone's training split).
 
 Theory overlay. `TheoryCurves` holds the pool plug-in's predicted per-class errors
 (`theory.class_errors` at delta = d / n) for every grid weight and size, its optimal weight,
@@ -70,6 +71,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 from typing import NamedTuple, Sequence
 
 import jax
@@ -168,13 +170,20 @@ class RetrainResult(NamedTuple):
 # ----------------------------------------------------------------------------- embedding files
 
 
+def cache_field(text: str) -> str:
+  """A field of an embedding cache name: characters other than letters, digits, '.' and '-'
+  become '-' (celeba-Blond_Hair -> celeba-Blond-Hair), so '_' only separates fields."""
+  return re.sub(r"[^A-Za-z0-9.-]+", "-", text)
+
+
 def find_split_file(directory: str | os.PathLike, split: str, *,
                     dataset: str | None = None) -> str:
   """{split}.npz in `directory`, else its one cache-named file for `split` (ValueError otherwise).
 
   Cache names: `thumb_jax.images.embeddings.cache_path` writes
-  {dataset}_{split}_d{k}_{hash}.npz; {split}_*.npz is accepted too. With `dataset` given, only names that start with it count (a folder may
-  hold several datasets, e.g. cifar10 and celeba-Blond-Hair).
+  {dataset}_{split}_d{k}_{hash}.npz (fields through `cache_field`); {split}_*.npz is
+  accepted too. With `dataset` given, only names whose first field is that dataset, or it
+  plus "-..." (celeba matches celeba-Blond-Hair; cifar10 does not match cifar100), count.
   """
   folder = os.fspath(directory)
   exact = os.path.join(folder, f"{split}.npz")
@@ -182,10 +191,14 @@ def find_split_file(directory: str | os.PathLike, split: str, *,
     return exact
   if not os.path.isdir(folder):
     raise ValueError(f"directory: {folder} is not a directory (expected the embedding files)")
-  patterns = (f"{split}_*.npz", f"*_{split}_*.npz")
+  field = cache_field(split)
+  patterns = (f"{field}_*.npz", f"*_{field}_*.npz")
   matches = sorted({m for pattern in patterns for m in glob.glob(os.path.join(folder, pattern))})
   if dataset is not None:
-    matches = [m for m in matches if os.path.basename(m).startswith(dataset)]
+    want = cache_field(dataset)
+    first_field = lambda m: os.path.basename(m).split("_")[0]
+    matches = [m for m in matches
+               if first_field(m) == want or first_field(m).startswith(want + "-")]
   if len(matches) != 1:
     which = f"{dataset}*_{split}_d*.npz" if dataset else f"*_{split}_d*.npz"
     raise ValueError(f"{split} split: expected {exact} or exactly one {which} (cache name) in "
@@ -409,19 +422,16 @@ def _flat_surrogate(sur: recommend.Surrogate, shape) -> recommend.Surrogate:
 
 def _theory_weights(surrogates: Sequence[recommend.Surrogate], ridge: float,
                     objective: str) -> list[tuple[theory.OptimalWeight, jax.Array]]:
-  """`theory.optimal_weight` of each surrogate (1-D fields), all in one vmapped search.
+  """`recommend.surrogate_weight` of each surrogate (1-D fields), all in one vmapped search.
 
   One search over the concatenation compiles the scalar theory once per sweep instead of
   once per call site and row-buffer group.
 
   Returns:
-    Per surrogate (OptimalWeight, defined): defined = the debiased squared mean difference
-    is > 0, the theory applies (ridge > 0 or delta < 1) and the search found a weight.
+    Per surrogate (OptimalWeight, defined) (see `recommend.surrogate_weight`).
   """
   joined = jax.tree.map(lambda *parts: jnp.concatenate(parts), *surrogates)
-  best = jax.vmap(lambda mix, delta: theory.optimal_weight(mix, delta, ridge, objective))(
-      joined.mixture, joined.delta)
-  defined = (joined.signal > 0) & ((ridge > 0) | (joined.delta < 1)) & jnp.isfinite(best.weight)
+  best, defined = jax.vmap(lambda s: recommend.surrogate_weight(s, ridge, objective))(joined)
   out, start = [], 0
   for sur in surrogates:
     stop = start + sur.delta.shape[0]
@@ -494,7 +504,7 @@ def sweep(x_pool: jax.Array, y_pool: jax.Array, x_test: jax.Array, y_test: jax.A
   pool_mix = pool.mixture
   delta = pool.dimension / sizes                                              # [S]
   curves = theory.class_errors(pool_mix, delta[:, None], weights[None, :], ridge)
-  pool_prior = (1.0 - pool_mix.pi_plus) / pool_mix.pi_plus
+  pool_prior = theory.prior_ratio(pool_mix.pi_plus)
   prior_curve = theory.class_errors(pool_mix, delta, pool_prior, ridge)
   down_curve = theory.downsampled_class_errors(pool_mix, delta, ridge)
 
@@ -506,7 +516,8 @@ def sweep(x_pool: jax.Array, y_pool: jax.Array, x_test: jax.Array, y_test: jax.A
   #      gives the plug-in statistics, the K grid weights, and the downsampling fit;
   #   2. every theory weight (per subsample and on the pool) in one vectorized search;
   #   3. per subsample, batched: the five method weights from the stored factorizations.
-  # Step 1 maps over one subsample at a time because jaxlib 0.10's CPU LAPACK kernels,
+  # Step 1 maps over one subsample at a time because jaxlib 0.10.0-0.10.2's CPU LAPACK kernels
+  # (excluded by pyproject.toml; the sweep stays safe if one is installed anyway),
   # given a batch of matrices, split it over XLA's intra-op thread pool and block a pool
   # thread until the chunks finish; two such calls in flight at once on a 2-thread pool
   # deadlock (observed: a batched cholesky and a batched eigh, both waiting forever).
@@ -663,7 +674,10 @@ def single_threaded_blas():
 
 
 def log_weights(num: int = 32, *, low: float = 0.1, high: float = 1000.0) -> np.ndarray:
-  """A log-spaced weight grid [num] from `low` to `high` (includes 1 for the defaults)."""
+  """A log-spaced weight grid [num] from `low` to `high`.
+
+  It need not contain 1: the unweighted and prior-ratio methods get their own solves.
+  """
   return np.geomspace(low, high, num)
 
 

@@ -108,8 +108,7 @@ def _asymptotics(mixture: GaussianMixture, delta, weight, ridge, *,
   score_m = (2 * p - 1) + gain * (a_m + q)
   z_p = -score_p / (jnp.sqrt(s2_p) * norm)          # err_+ = Phi(z_+)
   z_m = score_m / (jnp.sqrt(s2_m) * norm)           # err_- = Phi(z_-)
-  errors = ClassErrors(*(jnp.where(bad, jnp.nan, f(z)) for f, z in
-                         ((ndtr, z_p), (ndtr, z_m))))
+  errors = ClassErrors(*(jnp.where(bad, jnp.nan, ndtr(z)) for z in (z_p, z_m)))
   log_errors = ClassErrors(*(jnp.where(bad, jnp.nan, log_ndtr(z)) for z in (z_p, z_m)))
   return Asymptotics(m, m2, gain, score_p, score_m, norm, errors, log_errors)
 
@@ -269,10 +268,9 @@ def optimal_weight(mixture: GaussianMixture, delta, ridge=0.0, objective: str = 
     errs = asym.errors
     ok = jnp.isfinite(metrics.log_objective(asym.log_errors, objective))
     weight = jnp.where(ok, 10.0 ** best, jnp.nan)
-    value = errs.worst if objective == "worst" else errs.balanced
-    return OptimalWeight(weight, errs.err_plus, errs.err_minus, value)
+    return OptimalWeight(weight, errs.err_plus, errs.err_minus, metrics.objective(errs, objective))
 
-  # jnp.vectorize returns a plain tuple once it maps over more than one axis.
+  # jnp.vectorize can return a plain tuple (when a broadcast axis has size 1 in every input).
   return OptimalWeight(*jnp.vectorize(one)(jnp.asarray(delta, jnp.result_type(float)),
                                            jnp.asarray(ridge, jnp.result_type(float))))
 
@@ -319,6 +317,6 @@ def equal_error_weight(mixture: GaussianMixture, delta, ridge=0.0, *,
                          jnp.where(exists, e.err_plus, nan), jnp.where(exists, e.err_minus, nan),
                          jnp.where(exists, 0.5 * (e.err_plus + e.err_minus), nan))
 
-  # jnp.vectorize returns a plain tuple once it maps over more than one axis.
+  # jnp.vectorize can return a plain tuple (when a broadcast axis has size 1 in every input).
   return OptimalWeight(*jnp.vectorize(one)(jnp.asarray(delta, jnp.result_type(float)),
                                            jnp.asarray(ridge, jnp.result_type(float))))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -19,6 +18,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from thumb_jax import retrain
 from thumb_jax.images import resnet
 from thumb_jax.images.train import padded_batches
 
@@ -98,8 +98,8 @@ def cache_path(cache_dir: str | os.PathLike, *, dataset: str, split: str, latent
   '-' (celeba-Blond_Hair -> celeba-Blond-Hair), so '_' only separates the four fields and
   `thumb_jax.retrain.find_split_file` finds an entry by its split.
   """
-  safe = lambda text: re.sub(r"[^A-Za-z0-9.-]+", "-", text)
-  name = f"{safe(dataset)}_{safe(split)}_d{latent_dim}_{checkpoint_hash[:16]}.npz"
+  name = (f"{retrain.cache_field(dataset)}_{retrain.cache_field(split)}_d{latent_dim}_"
+          f"{checkpoint_hash[:16]}.npz")
   return os.path.join(os.fspath(cache_dir), name)
 
 
