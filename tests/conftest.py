@@ -1,5 +1,7 @@
 """Shared fixtures: every numeric test runs with 64-bit floats off and on."""
 
+import thumb_jax  # noqa: F401  (first: sets the XLA:CPU flags before jax starts; see thumb_jax/platform.py)
+
 import jax
 import pytest
 

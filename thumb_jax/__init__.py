@@ -12,9 +12,13 @@ Where each idea of the paper lives:
   sklearn, cli the recommendation as a scikit-learn estimator and a command line
 """
 
-from thumb_jax import anisotropic, lls, metrics, mixture, recommend, retrain, theory
-from thumb_jax.mixture import GaussianMixture
-from thumb_jax.recommend import recommend_weight
+from thumb_jax import platform as _platform
+
+_platform.configure_xla_cpu()  # before any jax computation: see thumb_jax/platform.py
+
+from thumb_jax import anisotropic, lls, metrics, mixture, recommend, retrain, theory  # noqa: E402
+from thumb_jax.mixture import GaussianMixture  # noqa: E402
+from thumb_jax.recommend import recommend_weight  # noqa: E402
 
 __all__ = ["GaussianMixture", "anisotropic", "lls", "metrics", "mixture", "recommend",
            "recommend_weight", "retrain", "theory"]
