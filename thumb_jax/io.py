@@ -19,8 +19,9 @@ import os
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -159,10 +160,10 @@ def cached_arrays(path: str | os.PathLike, key: Mapping[str, Any],
         if "key" in f.files and str(f["key"]) == text:
           return {k: f[k] for k in f.files if k != "key"}, True
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-      warnings.warn(f"ignoring unreadable cache {path}: {err}")
+      warnings.warn(f"ignoring unreadable cache {path}: {err}", stacklevel=2)
   arrays = {k: np.asarray(v) for k, v in compute().items()}
   try:
     write_npz(path, {"key": np.array(text), **arrays})
   except OSError as err:
-    warnings.warn(f"could not write the cache {path}: {err}")
+    warnings.warn(f"could not write the cache {path}: {err}", stacklevel=2)
   return arrays, False
