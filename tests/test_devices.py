@@ -1,0 +1,74 @@
+"""Sharded sweeps equal their one-device results, on virtual devices and across processes.
+
+Each check runs in a fresh Python process: the device count (XLA_FLAGS) and
+`jax.distributed` are fixed when jax starts, and the rest of the suite keeps one device.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+_SWEEP = textwrap.dedent("""
+    import sys
+    import thumb_jax
+    from thumb_jax import devices
+    if len(sys.argv) > 1:
+      devices.initialize(f"localhost:{sys.argv[1]}", int(sys.argv[2]), int(sys.argv[3]))
+    import jax, jax.numpy as jnp, numpy as np
+    from thumb_jax import lls
+
+    x = np.asarray(jax.random.normal(jax.random.key(0), (7, 90, 12)))   # 7 seeds: padded
+    y = np.where(np.arange(90) % 4 == 0, 1.0, -1.0).astype(np.float32)
+    w = np.geomspace(1.0, 50.0, 5).astype(np.float32)
+    fit = lambda x, y, w: lls.fit_sweep(x, y, w, ridge=0.1)
+    sweep = devices.sharded_vmap(fit, in_axes=(0, None, None))
+    got = sweep(x, y, w)
+    again = sweep(x + 1.0, y, w)                                         # new data, same shapes
+    want = jax.jit(jax.vmap(fit, in_axes=(0, None, None)))(x, y, w)
+    err = float(np.max(np.abs(np.asarray(got.w) - np.asarray(want.w))))
+    placed = devices._place(x, devices.padded_size(7, jax.device_count()),
+                            jax.sharding.NamedSharding(devices.mesh(), jax.sharding.PartitionSpec("batch")))
+    print("RESULT", jax.process_index(), jax.device_count(), jax.process_count(), got.w.shape[0],
+          err, len(placed.sharding.device_set), sweep.run._cache_size(), float(np.asarray(got.w).sum()))
+""")
+
+
+def _run(args=(), devices: int | None = None) -> list[list[str]]:
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  if devices:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  done = subprocess.run([sys.executable, "-c", _SWEEP, *args], env=env, capture_output=True,
+                        text=True, timeout=180, check=True)
+  return [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("RESULT")]
+
+
+@pytest.mark.parametrize("count", [4, 8])
+def test_sharded_sweep_equals_one_device_sweep(count):
+  (process, devs, procs, size, err, placed_on, traces, _), = _run(devices=count)
+  assert (int(devs), int(procs), int(size)) == (count, 1, 7)   # padding dropped, not truncated
+  assert int(placed_on) == count                               # the batch axis is really split
+  assert float(err) < 1e-5
+  assert int(traces) == 1                                      # new data: no recompilation
+
+
+def test_two_processes_give_the_one_process_answer():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  procs = [subprocess.Popen([sys.executable, "-c", _SWEEP, str(port), "2", str(i)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=180)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs)
+  rows = [line.split()[1:] for out in outs for line in out.splitlines() if line.startswith("RESULT")]
+  (single,) = _run()
+  assert sorted(int(r[0]) for r in rows) == [0, 1]
+  for row in rows:
+    assert (int(row[1]), int(row[2]), int(row[3])) == (2, 2, 7)
+    np.testing.assert_allclose(float(row[-1]), float(single[-1]), rtol=1e-5, atol=1e-5)

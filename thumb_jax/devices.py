@@ -1,0 +1,153 @@
+"""Devices: one mesh over every device of every process, and batch axes sharded over it.
+
+A sweep's leading batch axis (seeds, retraining sets, grid points, bootstrap draws) is the
+one axis that is split across devices; the math inside each batch element is unchanged.
+`sharded_vmap(fn)` is `jax.jit(jax.vmap(fn))` with that axis padded to a multiple of the
+device count (by repeating its last element, so padding never creates invalid inputs),
+placed with `NamedSharding(mesh, P("batch"))`, and the padding dropped from the result.
+Results come back replicated, so every process holds the whole answer. On one device
+this is exactly `jit(vmap(fn))`.
+
+Multi-host: call `initialize()` first in every process (it reads the standard
+`JAX_COORDINATOR_ADDRESS` / `JAX_NUM_PROCESSES` / `JAX_PROCESS_ID` environment variables
+or takes them as arguments); every process then builds the same inputs from the same
+seed, and each device reads its own slice of them (`jax.make_array_from_callback`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+BATCH = "batch"
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+  """Starts `jax.distributed` when several processes are asked for (arguments or env).
+
+  On CPU the cross-process collectives use gloo. Returns True if distributed mode is on.
+  """
+  coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if num_processes is None and "JAX_NUM_PROCESSES" in os.environ:
+    num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+  if process_id is None and "JAX_PROCESS_ID" in os.environ:
+    process_id = int(os.environ["JAX_PROCESS_ID"])
+  if coordinator_address is None or (num_processes or 1) <= 1:
+    return False
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
+  return True
+
+
+def mesh() -> Mesh:
+  """A 1-D mesh named "batch" over all devices of all processes."""
+  return Mesh(np.asarray(jax.devices()), (BATCH,))
+
+
+def describe() -> dict:
+  """What a results.json records about where it ran."""
+  return {"devices": jax.device_count(), "processes": jax.process_count(),
+          "backend": jax.default_backend()}
+
+
+def padded_size(size: int, multiple: int) -> int:
+  """The smallest multiple of `multiple` that is >= size (and >= multiple)."""
+  return max(multiple, -(-size // multiple) * multiple)
+
+
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+  """Pads axis 0 to `size` by repeating the last row."""
+  extra = size - x.shape[0]
+  return x if extra == 0 else np.concatenate([x, np.repeat(x[-1:], extra, axis=0)])
+
+
+def _place(x, size: int, sharding: NamedSharding) -> jax.Array:
+  """A global array of x padded to `size` on axis 0, each device holding its slice.
+
+  In one process the data stays on device (`device_put`); across processes every process
+  holds the same host data and each device reads its slice of it.
+  """
+  if jax.process_count() == 1:
+    x = jnp.asarray(x)
+    if size > x.shape[0]:
+      x = jnp.concatenate([x, jnp.repeat(x[-1:], size - x.shape[0], axis=0)])
+    return jax.device_put(x, sharding)
+  host = _pad(np.asarray(x), size)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _replicate(x, sharding: NamedSharding) -> jax.Array:
+  if jax.process_count() == 1:
+    return jax.device_put(jnp.asarray(x), sharding)
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def sharded_vmap(fn: Callable, *, in_axes: Any = 0, mesh_: Mesh | None = None,
+                 static_argnames: tuple[str, ...] = ()) -> Callable:
+  """`jit(vmap(fn, in_axes))` with the batch axis sharded over all devices.
+
+  Args:
+    fn: a pure function of arrays (positional) and static keyword arguments.
+    in_axes: per positional argument, 0 (batched on its leading axis) or None (shared,
+      replicated on every device); a single 0 batches every argument.
+    mesh_: the mesh (default: `mesh()`).
+    static_argnames: keyword arguments passed to `fn` unchanged (hashable).
+
+  Returns:
+    A callable with fn's positional arguments (and static keywords) whose outputs have
+    the batch axis in front, unpadded, as NumPy-convertible replicated jax arrays.
+
+  Raises:
+    ValueError: batched arguments disagree on the batch size, or it is 0.
+  """
+  the_mesh = mesh_ if mesh_ is not None else mesh()
+  sharded = NamedSharding(the_mesh, P(BATCH))
+  replicated = NamedSharding(the_mesh, P())
+  num_devices = the_mesh.devices.size
+
+  @functools.partial(jax.jit, static_argnames=static_argnames, out_shardings=replicated)
+  def run(*args, **static):
+    return jax.vmap(functools.partial(fn, **static), in_axes=axes(len(args)))(*args)
+
+  def axes(count):
+    return (in_axes,) * count if isinstance(in_axes, int) or in_axes is None else tuple(in_axes)
+
+  def call(*args, **static):
+    batched = [a for a, ax in zip(args, axes(len(args))) if ax == 0]
+    sizes = {np.shape(leaf)[0] for a in batched for leaf in jax.tree_util.tree_leaves(a)}
+    if len(sizes) != 1 or 0 in sizes:
+      raise ValueError(f"sharded_vmap: batched arguments need one common, non-zero leading "
+                       f"size, got {sorted(sizes)}")
+    size = sizes.pop()
+    padded = padded_size(size, num_devices)
+    placed = [jax.tree_util.tree_map(lambda x: _place(x, padded, sharded), a) if ax == 0
+              else jax.tree_util.tree_map(lambda x: _replicate(x, replicated), a)
+              for a, ax in zip(args, axes(len(args)))]
+    out = run(*placed, **static)
+    return jax.tree_util.tree_map(lambda x: x[:size], out)
+
+  call.run = run          # the jitted function, for trace counting in tests
+  return call
+
+
+def local_batch(x: np.ndarray) -> np.ndarray:
+  """This process's contiguous share of axis 0 (for data a process reads on its own)."""
+  count, index = jax.process_count(), jax.process_index()
+  per = -(-x.shape[0] // count)
+  return x[index * per:(index + 1) * per]
+
+
+def tree_size(tree) -> int:
+  """The common leading size of a tree of arrays."""
+  return int(jnp.shape(jax.tree_util.tree_leaves(tree)[0])[0])
