@@ -31,10 +31,10 @@ _SWEEP = textwrap.dedent("""
     again = sweep(x + 1.0, y, w)                                         # new data, same shapes
     want = jax.jit(jax.vmap(fit, in_axes=(0, None, None)))(x, y, w)
     err = float(np.max(np.abs(np.asarray(got.w) - np.asarray(want.w))))
-    placed = devices._place(x, devices.padded_size(7, jax.device_count()),
-                            jax.sharding.NamedSharding(devices.mesh(), jax.sharding.PartitionSpec("batch")))
-    print("RESULT", jax.process_index(), jax.device_count(), jax.process_count(), got.w.shape[0],
-          err, len(placed.sharding.device_set), sweep.run._cache_size(), float(np.asarray(got.w).sum()))
+    placed, _ = devices.shard_batch(x)
+    print("RESULT", jax.process_index(), jax.device_count(), jax.process_count(),
+          got.w.shape[0], err, len(placed.sharding.device_set), sweep.run._cache_size(),
+          float(np.asarray(got.w).sum()))
 """)
 
 
@@ -66,7 +66,8 @@ def test_two_processes_give_the_one_process_answer():
            for i in range(2)]
   outs = [p.communicate(timeout=180)[0] for p in procs]
   assert all(p.returncode == 0 for p in procs)
-  rows = [line.split()[1:] for out in outs for line in out.splitlines() if line.startswith("RESULT")]
+  rows = [line.split()[1:] for out in outs for line in out.splitlines()
+          if line.startswith("RESULT")]
   (single,) = _run()
   assert sorted(int(r[0]) for r in rows) == [0, 1]
   for row in rows:

@@ -93,6 +93,20 @@ def _replicate(x, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+def shard_batch(tree, *, mesh_: Mesh | None = None) -> tuple[Any, int]:
+  """Places a tree of arrays with leading size B on the mesh, padded to a device multiple.
+
+  Returns:
+    (the placed tree, B): leaves [B', ...] with B' = padded_size(B, devices), sharded on
+    axis 0 over "batch".
+  """
+  the_mesh = mesh_ if mesh_ is not None else mesh()
+  size = tree_size(tree)
+  padded = padded_size(size, the_mesh.devices.size)
+  sharding = NamedSharding(the_mesh, P(BATCH))
+  return jax.tree_util.tree_map(lambda x: _place(x, padded, sharding), tree), size
+
+
 def sharded_vmap(fn: Callable, *, in_axes: Any = 0, mesh_: Mesh | None = None,
                  static_argnames: tuple[str, ...] = ()) -> Callable:
   """`jit(vmap(fn, in_axes))` with the batch axis sharded over all devices.
@@ -112,9 +126,7 @@ def sharded_vmap(fn: Callable, *, in_axes: Any = 0, mesh_: Mesh | None = None,
     ValueError: batched arguments disagree on the batch size, or it is 0.
   """
   the_mesh = mesh_ if mesh_ is not None else mesh()
-  sharded = NamedSharding(the_mesh, P(BATCH))
   replicated = NamedSharding(the_mesh, P())
-  num_devices = the_mesh.devices.size
 
   @functools.partial(jax.jit, static_argnames=static_argnames, out_shardings=replicated)
   def run(*args, **static):
@@ -130,8 +142,7 @@ def sharded_vmap(fn: Callable, *, in_axes: Any = 0, mesh_: Mesh | None = None,
       raise ValueError(f"sharded_vmap: batched arguments need one common, non-zero leading "
                        f"size, got {sorted(sizes)}")
     size = sizes.pop()
-    padded = padded_size(size, num_devices)
-    placed = [jax.tree_util.tree_map(lambda x: _place(x, padded, sharded), a) if ax == 0
+    placed = [shard_batch(a, mesh_=the_mesh)[0] if ax == 0
               else jax.tree_util.tree_map(lambda x: _replicate(x, replicated), a)
               for a, ax in zip(args, axes(len(args)))]
     out = run(*placed, **static)
