@@ -7,55 +7,50 @@ Measures, on whatever this machine has:
   * JAX ResNet34, bfloat16 compute, 224 px on the GPU if one is present;
   * PyTorch ResNet34 (torchvision's layout written with torch.nn, since torchvision may be
     missing) with AdamW on the same CPU, if torch is importable.
-Each number is images / second over --steps timed steps after warm-up steps (compilation
-excluded and reported separately). Augmentation is off in both frameworks so the work is
-the same. Prints a table and writes bench_train.json into --out.
+Each number is batch size / the median of --steps timed steps (`report.time_calls`) after
+--warmup steps (compilation excluded and reported separately). Augmentation is off in both
+frameworks so the work is the same. Prints a table and writes bench_train.json into --out.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import sys
-import time
 
 import jax
 import numpy as np
 
+from experiments import report
+from thumb_jax import io
 from thumb_jax.images import configs, train
+from thumb_jax.platform import PRNG_IMPL
 
 
 def bench_jax(*, image_size: int, batch_size: int, dtype: str, steps: int, warmup: int) -> dict:
+  """One jitted train step timed from the same state (`report.time_calls`): compile, warm-up."""
   config = dataclasses.replace(configs.cpu(), image_size=image_size, batch_size=batch_size,
                                dtype=dtype, augment=False)
   model = train.create_model(config)
-  state = train.create_train_state(config, model, key=jax.random.key(0, impl="rbg"),
+  state = train.create_train_state(config, model, key=jax.random.key(0, impl=PRNG_IMPL),
                                    steps_per_epoch=100)
-  step, _ = train.jitted_steps(crop_padding=0, flip=False,
-                               donate=jax.default_backend() != "cpu")
+  # No buffer donation: every timed call starts from `state` again (the same work per step).
+  step, _ = train.jitted_steps(crop_padding=0, flip=False)
   rng = np.random.default_rng(0)
   batch = train.Batch(rng.integers(0, 256, (batch_size, image_size, image_size, 3), np.uint8),
                       np.where(rng.random(batch_size) < 0.1, 1, -1).astype(np.int32))
-  key = jax.random.key(1, impl="rbg")
-  t0 = time.perf_counter()
-  state, m = step(state, batch, key)
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t0
+  key = jax.random.key(1, impl=PRNG_IMPL)
+  compiled, compile_times = report.compile_timed(step, state, batch, key)
   for _ in range(warmup):
-    state, m = step(state, batch, key)
-  jax.block_until_ready(m)
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, m = step(state, batch, key)
-  jax.block_until_ready((state.params, m))
-  seconds = time.perf_counter() - t0
+    jax.block_until_ready(compiled(state, batch, key))
+  timing = report.time_calls(compiled, state, batch, key, repeats=steps)
   return {"framework": "jax", "device": str(jax.devices()[0].device_kind),
           "image_size": image_size, "batch_size": batch_size, "dtype": dtype,
-          "steps": steps, "seconds": seconds, "images_per_second": steps * batch_size / seconds,
-          "first_step_seconds_incl_compile": compile_s, "loss": float(m.loss)}
+          "steps": steps, "median_step_seconds": timing.median_s,
+          "images_per_second": batch_size / timing.median_s, **compile_times,
+          "loss": float(timing.output[1].loss)}
 
 
 def _torch_resnet34(torch, latent_dim: int = 128):
@@ -106,18 +101,16 @@ def bench_torch(*, image_size: int, batch_size: int, steps: int, warmup: int) ->
     loss = torch.nn.functional.cross_entropy(model(x), y)
     loss.backward()
     opt.step()
-    return loss
+    return float(loss.detach())
 
-  for _ in range(max(warmup, 1)):
+  for _ in range(warmup):
     step()
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    loss = step()
-  seconds = time.perf_counter() - t0
+  timing = report.time_calls(step, repeats=steps)  # its first call is one more warm-up step
   return {"framework": f"torch {torch.__version__}", "device": "cpu", "image_size": image_size,
-          "batch_size": batch_size, "dtype": "float32", "steps": steps, "seconds": seconds,
-          "images_per_second": steps * batch_size / seconds, "threads": torch.get_num_threads(),
-          "loss": float(loss.detach())}
+          "batch_size": batch_size, "dtype": "float32", "steps": steps,
+          "median_step_seconds": timing.median_s,
+          "images_per_second": batch_size / timing.median_s, "threads": torch.get_num_threads(),
+          "loss": timing.output}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -130,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
   p.add_argument("--image_size", type=int, default=32, help="CPU image size")
   p.add_argument("--no_torch", action="store_true")
   args = p.parse_args(argv)
+  io.check_writable_dir(args.out)
 
   rows = [bench_jax(image_size=args.image_size, batch_size=args.batch_size, dtype="float32",
                     steps=args.steps, warmup=args.warmup)]
@@ -148,12 +142,10 @@ def main(argv: list[str] | None = None) -> dict:
             "backend": jax.default_backend()}
   print(f"{'framework':<14}{'device':<18}{'px':>5}{'batch':>7}{'dtype':>10}{'img/s':>10}")
   for r in rows:
-    print(f"{r['framework']:<14}{r['device'][:17]:<18}{r['image_size']:>5}{r['batch_size']:>7}"
+    print(f"{r['framework'][:13]:<14}{r['device'][:17]:<18}{r['image_size']:>5}{r['batch_size']:>7}"
           f"{r['dtype']:>10}{r['images_per_second']:>10.1f}")
   print(f"{os.cpu_count()} CPUs, 1-minute load average {result['load_average_1m']:.2f}")
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "bench_train.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  io.write_json(os.path.join(args.out, "bench_train.json"), result)
   return result
 
 

@@ -17,6 +17,7 @@ import sys
 
 import jax
 
+from thumb_jax import io
 from thumb_jax.images import configs, embeddings, train
 
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None, *, dataset=None) -> dict:
 
   Args:
     argv: command-line flags (None: sys.argv[1:]).
-    dataset: a `data.BinaryDataset`-like object to use instead of loading one (tests).
+    dataset: a `datasets.BinaryDataset`-like object to use instead of loading one (tests).
   """
   args = _parser().parse_args(argv)
   config = config_from_args(args)
@@ -91,8 +92,7 @@ def main(argv: list[str] | None = None, *, dataset=None) -> dict:
     test = json.load(f)["test"]
   summary = {"checkpoint_hash": checkpoint_hash, "embeddings": files, "test": test,
              "backend": jax.default_backend()}
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  io.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures: every numeric test runs with 64-bit floats off and on."""
 
-import thumb_jax  # noqa: F401  (first: sets the XLA:CPU flags before jax starts; see thumb_jax/platform.py)
+# ruff: noqa: I001  (thumb_jax first: it sets the XLA:CPU flags before jax starts)
+import thumb_jax  # noqa: F401
 
 import jax
 import pytest

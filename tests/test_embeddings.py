@@ -5,11 +5,11 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from thumb_jax.images import configs, embeddings, resnet
+from thumb_jax import platform
+from thumb_jax.images import configs, embeddings, resnet, train
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_train import fake_dataset  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -17,10 +17,12 @@ from test_train import fake_dataset  # pylint: disable=g-import-not-at-top,wrong
 
 @pytest.fixture(scope="module")
 def tiny_model_and_variables():
-  model = resnet.ResNetTiny(latent_dim=16)
-  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 16, 16, 3)), train=False))(
-      jax.random.key(0, impl="rbg"))
-  return model, variables
+  """The tiny config's model and a fresh init (the init train_and_evaluate compiles)."""
+  config = configs.tiny()
+  model = train.create_model(config)
+  state = train.create_train_state(config, model, key=jax.random.key(0, impl=platform.PRNG_IMPL),
+                                   steps_per_epoch=1)
+  return model, {"params": state.params, "batch_stats": state.batch_stats}
 
 
 def test_padded_last_batch_equals_unpadded(tiny_model_and_variables):
@@ -28,10 +30,12 @@ def test_padded_last_batch_equals_unpadded(tiny_model_and_variables):
   images = np.random.default_rng(0).integers(0, 256, (11, 16, 16, 3), dtype=np.uint8)
   emb = embeddings.extract_embeddings(variables, model, images, batch_size=4)  # 4 + 4 + 3 (pad)
   assert emb.shape == (11, 16) and emb.dtype == np.float32
-  one_batch = embeddings.extract_embeddings(variables, model, images, batch_size=11)
+  # One zero-padded batch of 16 (the tiny config's eval_batch_size: compiled once for both).
+  one_batch = embeddings.extract_embeddings(variables, model, images, batch_size=16)
   # Eval mode: batch norm uses running statistics, so rows do not depend on batch mates.
   np.testing.assert_allclose(emb, one_batch, rtol=1e-5, atol=1e-6)
-  _, direct = model.apply(variables, resnet.normalize_images(images[8:]), train=False)
+  _, direct = jax.jit(lambda v, x: model.apply(v, x, train=False))(
+      variables, resnet.normalize_images(images[8:]))
   np.testing.assert_allclose(emb[8:], np.asarray(direct), rtol=1e-5, atol=1e-6)
 
 
@@ -78,6 +82,18 @@ def test_cache_miss_hit_and_keys(tmp_path):
   assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp") or f.endswith(".tmp")]
   assert len(os.listdir(tmp_path)) == 4
 
+  # A killed write's temporary is removed; an unreadable entry is recomputed with a warning.
+  stale = tmp_path / ".cifar10_val_d8_x.npz.abc.tmp"
+  stale.write_bytes(b"partial")
+  path = embeddings.cache_path(tmp_path, **key)
+  with open(path, "wb") as f:
+    f.write(b"not an npz")
+  with pytest.warns(UserWarning, match="unreadable"):
+    embeddings.cached_embeddings(tmp_path, **key, compute_fn=compute(4.0))
+  assert calls[-1] == 4.0 and not stale.exists()
+  np.testing.assert_array_equal(
+      embeddings.cached_embeddings(tmp_path, **key, compute_fn=compute()).embeddings, 4.0)
+
 
 def test_train_backbone_main_smoke(tmp_path, monkeypatch):
   from experiments import train_backbone  # pylint: disable=g-import-not-at-top
@@ -97,21 +113,22 @@ def test_train_backbone_main_smoke(tmp_path, monkeypatch):
 
 
 def test_cache_names_are_found_by_split(tmp_path):
-  from thumb_jax import retrain
+  from thumb_jax import embedding_files
   paths = {split: embeddings.cache_path(tmp_path, dataset="celeba-Blond_Hair", split=split,
                                         latent_dim=4, checkpoint_hash="ab" * 32)
            for split in ("train", "val", "test")}
   assert os.path.basename(paths["val"]) == "celeba-Blond-Hair_val_d4_abababababababab.npz"
   for split, path in paths.items():
     np.savez(path, embeddings=np.zeros((3, 4)), labels=np.array([1, -1, 1]))
-    assert retrain.find_split_file(tmp_path, split) == path
-  assert set(retrain.load_embedding_splits(tmp_path)) == {"val", "test"}
+    assert embedding_files.find_split_file(tmp_path, split) == path
+  assert set(embedding_files.load_embedding_splits(tmp_path)) == {"val", "test"}
   # A dataset name selects by the whole first field: cifar10 is not a prefix match of cifar100.
   for name in ("cifar10", "cifar100"):
     np.savez(embeddings.cache_path(tmp_path, dataset=name, split="val", latent_dim=4,
                                    checkpoint_hash="cd" * 32),
              embeddings=np.zeros((3, 4)), labels=np.array([1, -1, 1]))
   for name in ("cifar10", "cifar100"):
-    found = retrain.find_split_file(tmp_path, "val", dataset=name)
+    found = embedding_files.find_split_file(tmp_path, "val", dataset=name)
     assert os.path.basename(found).startswith(name + "_")
-  assert retrain.find_split_file(tmp_path, "val", dataset="celeba-Blond_Hair") == paths["val"]
+  found = embedding_files.find_split_file(tmp_path, "val", dataset="celeba-Blond_Hair")
+  assert found == paths["val"]

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 from typing import NamedTuple
 
 import jax
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from thumb_jax import platform
 from thumb_jax.images import configs, train
 
 
@@ -37,6 +39,17 @@ def fake_dataset(size=16, n_train=40, n_eval=12, seed=0):
   return FakeDataset(split(n_train), split(n_eval), split(n_eval), {"source": "fake"})
 
 
+CONFIG = dataclasses.replace(configs.tiny(), epochs=2)
+STEPS_PER_EPOCH = 40 // CONFIG.batch_size
+
+
+@pytest.fixture(name="full_run", scope="module")
+def fixture_full_run(tmp_path_factory):
+  """(workdir, final state) of an uninterrupted 2-epoch run on `fake_dataset()`."""
+  workdir = tmp_path_factory.mktemp("full")
+  return workdir, train.train_and_evaluate(CONFIG, str(workdir), dataset=fake_dataset())
+
+
 def test_config_variants():
   assert configs.paper().image_size == 224 and configs.paper().dtype == "bfloat16"
   assert configs.paper(finetune_mode="long").epochs == 30
@@ -44,6 +57,7 @@ def test_config_variants():
   assert configs.cpu().image_size == 32 and configs.cpu().dtype == "float32"
   assert configs.cpu(dataset="celeba").image_size == 64
   assert configs.cpu(dataset="celeba").max_train_examples is not None
+  assert configs.tiny().prng_impl == platform.PRNG_IMPL
   with pytest.raises(ValueError, match="finetune_mode"):
     configs.paper(finetune_mode="medium")
   with pytest.raises(ValueError, match="dataset"):
@@ -52,12 +66,13 @@ def test_config_variants():
 
 def test_augment_crop_and_flip():
   images = jnp.arange(2 * 8 * 8 * 3, dtype=jnp.uint8).reshape(2, 8, 8, 3)
-  same = train.augment(images, jax.random.key(0), crop_padding=0, flip=False)
+  key = lambda seed: jax.random.key(seed, impl=platform.PRNG_IMPL)
+  same = train.augment(images, key(0), crop_padding=0, flip=False)
   np.testing.assert_array_equal(same, images)
   out = jax.jit(lambda x, k: train.augment(x, k, crop_padding=4, flip=True))(
-      images, jax.random.key(1))
+      images, key(1))
   assert out.shape == images.shape and out.dtype == jnp.uint8
-  flipped = train.augment(images, jax.random.key(2), crop_padding=0, flip=True)
+  flipped = train.augment(images, key(2), crop_padding=0, flip=True)
   for a, b in zip(np.asarray(flipped), np.asarray(images)):
     assert np.array_equal(a, b) or np.array_equal(a, b[:, ::-1])
 
@@ -66,12 +81,12 @@ def test_one_train_step_and_eval_step():
   config = configs.tiny()
   data = fake_dataset()
   model = train.create_model(config)
-  state = train.create_train_state(config, model, key=jax.random.key(0, impl="rbg"),
+  state = train.create_train_state(config, model, key=jax.random.key(0, impl=platform.PRNG_IMPL),
                                    steps_per_epoch=5)
   # The same cached jit(train_step) that train_and_evaluate uses for this config.
   step, evaluate = train.jitted_steps(**train.augmentation_for(config))
   batch = train.Batch(data.train.images[:8], data.train.labels[:8])
-  new_state, metrics = step(state, batch, jax.random.key(1, impl="rbg"))
+  new_state, metrics = step(state, batch, jax.random.key(1, impl=platform.PRNG_IMPL))
   assert np.isfinite(float(metrics.loss)) and 0.0 <= float(metrics.accuracy) <= 1.0
   assert int(new_state.step) == 1
   old, new = jax.device_get((state.params, new_state.params))
@@ -90,32 +105,69 @@ def test_check_split_names_the_problem(tmp_path):
     train.train_and_evaluate(configs.tiny(), str(tmp_path), dataset=data)
 
 
-def test_resume_after_interruption_matches_uninterrupted(tmp_path):
-  config = dataclasses.replace(configs.tiny(), epochs=2)
+class Interrupted(Exception):
+  pass
+
+
+def test_resume_after_interruption_matches_uninterrupted(full_run, tmp_path, monkeypatch):
+  full_dir, full = full_run
   data = fake_dataset()
+  # Interrupted 2 steps into epoch 2 (after the epoch-1 checkpoint), then run again.
+  jitted_steps = train.jitted_steps
 
-  full = train.train_and_evaluate(config, str(tmp_path / "full"), dataset=data)
-  # "Interrupted" after epoch 1: a run with epochs=1, then the same workdir with epochs=2.
-  train.train_and_evaluate(dataclasses.replace(config, epochs=1), str(tmp_path / "resumed"),
-                           dataset=data)
-  resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"), dataset=data)
+  def interrupting_steps(**kwargs):
+    train_fn, eval_fn = jitted_steps(**kwargs)
+    calls = []
 
-  steps_per_epoch = 40 // 8
-  assert int(full.step) == int(resumed.step) == 2 * steps_per_epoch  # epoch 1 not repeated
+    def counted(*args):
+      calls.append(1)
+      if len(calls) > STEPS_PER_EPOCH + 2:
+        raise Interrupted
+      return train_fn(*args)
+    return counted, eval_fn
+
+  with monkeypatch.context() as m:
+    m.setattr(train, "jitted_steps", interrupting_steps)
+    with pytest.raises(Interrupted):
+      train.train_and_evaluate(CONFIG, str(tmp_path), dataset=data)
+  saved_config = (tmp_path / "config.json").read_bytes()
+  stale = tmp_path / ".metrics.json.abc.tmp"  # as a JSON write killed mid-way leaves it
+  stale.write_text("{")
+  resumed = train.train_and_evaluate(CONFIG, str(tmp_path), dataset=data)
+  assert not stale.exists()
+
+  assert int(full.step) == int(resumed.step) == 2 * STEPS_PER_EPOCH  # epoch 1 not repeated
   # Same computations on the same machine: equal to float32 round-off (in practice bitwise).
   for a, b in zip(jax.tree.leaves((full.params, full.batch_stats)),
                   jax.tree.leaves((resumed.params, resumed.batch_stats))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
-
-  with open(tmp_path / "resumed" / "metrics.json") as f:
-    metrics = json.load(f)
+  metrics = json.loads((tmp_path / "metrics.json").read_text())
   assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
   assert metrics["test"]["n"] == 12 and 0.0 <= metrics["test"]["err_plus"] <= 1.0
-  # Resuming with a different config (beyond epochs) is allowed but warned about.
-  with pytest.warns(UserWarning, match=r"differs from the saved one in \['learning_rate'\]"):
-    train.train_and_evaluate(dataclasses.replace(config, learning_rate=0.5),
-                             str(tmp_path / "resumed"), dataset=data)
-  with open(tmp_path / "full" / "metrics.json") as f:
-    full_metrics = json.load(f)
+  full_metrics = json.loads((full_dir / "metrics.json").read_text())
   assert full_metrics["epochs"][1]["train_loss"] == pytest.approx(
       metrics["epochs"][1]["train_loss"], rel=1e-5)
+  assert (tmp_path / "config.json").read_bytes() == saved_config  # not rewritten
+
+
+def test_resume_refuses_a_changed_config(full_run, tmp_path):
+  full_dir, _ = full_run
+  saved_config = (full_dir / "config.json").read_bytes()
+  data = fake_dataset()
+  # Each of these would re-stretch the schedule or change the weights' shapes or values.
+  for change, fields in (({"epochs": 3}, r"\['epochs'\]"),
+                         ({"latent_dim": 32}, r"\['latent_dim'\]"),
+                         ({"learning_rate": 0.5, "seed": 1}, r"\['learning_rate', 'seed'\]")):
+    with pytest.raises(ValueError, match=r"cannot resume, the config differs .* in " + fields):
+      train.train_and_evaluate(dataclasses.replace(CONFIG, **change), str(full_dir),
+                               dataset=data)
+  with pytest.raises(ValueError, match="trained on 40 images and this dataset has 48"):
+    train.train_and_evaluate(CONFIG, str(full_dir), dataset=fake_dataset(n_train=48))
+  assert (full_dir / "config.json").read_bytes() == saved_config
+
+  # Fields that cannot change the weights may differ; config.json keeps the saved values.
+  copy = shutil.copytree(full_dir, tmp_path / "copy")
+  train.train_and_evaluate(dataclasses.replace(CONFIG, data_dir="/elsewhere",
+                                               checkpoints_to_keep=5), str(copy), dataset=data)
+  assert (copy / "config.json").read_bytes() == saved_config
+  assert json.loads((copy / "metrics.json").read_text())["config"]["data_dir"] == "/elsewhere"

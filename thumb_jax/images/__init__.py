@@ -1,1 +1,12 @@
-"""Real images: data loaders, the Flax ResNet34 backbone, fine-tuning and cached embeddings."""
+"""Real images: binary datasets, the Flax ResNet34 backbone, fine-tuning and cached embeddings.
+
+  datasets        Split / BinaryDataset, `load_dataset`, shared decoding, tfds and cache helpers
+  cifar10         binary CIFAR-10 (airplane vs truck) from the official files or tfds
+  celeba          binary CelebA (one attribute) from the official files or tfds
+  configs         `Config` and the paper / cpu / tiny recipes
+  resnet          torchvision-layout ResNet + MLP head (Flax Linen)
+  torch_convert   torchvision checkpoints -> backbone variables
+  input_pipeline  padded batches, training-set caps, resizing, split checks
+  train           train / eval steps and `train_and_evaluate` (orbax checkpoints, resume)
+  embeddings      penultimate-layer embeddings and their disk cache
+"""

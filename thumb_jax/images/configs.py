@@ -8,13 +8,16 @@ The paper's two recipes, selected by `finetune_mode` (both update every paramete
   "short": "full fine-tuning 10 epochs at lr 1e-3"
   "long":  "fine-tuning 30 epochs at lr 1e-2"
 Batch size 128, weight decay 1e-4 and the cosine schedule are this project's choices; the
-paper's text does not fix them.
+paper's text does not fix them. `check_resumable` says which fields a resumed run may change.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from collections.abc import Mapping
+from typing import Any
+
+from thumb_jax import io, platform
 
 FINETUNE_MODES = {"short": (10, 1e-3), "long": (30, 1e-2)}  # mode -> (epochs, learning_rate)
 DATASETS = ("cifar10", "celeba")
@@ -26,7 +29,7 @@ class Config:
 
   Attributes:
     dataset: "cifar10" (airplane = +1 vs truck) or "celeba" (attribute = +1).
-    data_dir: where `data.load_dataset` finds the files (None: its default).
+    data_dir: where `datasets.load_dataset` finds the files (None: its default).
     attribute: CelebA attribute that defines class +1.
     image_size: side of the square images fed to the network.
     stage_sizes: BasicBlocks per stage; (3, 4, 6, 3) is ResNet34.
@@ -42,9 +45,8 @@ class Config:
     weight_decay: AdamW decoupled weight decay.
     cosine_schedule: cosine decay of the learning rate to 0 over all steps (else constant).
     seed: root seed (init, shuffles, augmentation, dropout, subsampling).
-    prng_impl: JAX PRNG implementation of the run's keys. "rbg" because XLA:CPU compiles
-      threefry's bit generation slowly (the tiny model's init: 14 s with threefry, 2.7 s
-      with rbg on the 2-core dev machine); "threefry2x32" is JAX's default.
+    prng_impl: JAX PRNG implementation of the run's keys (default
+      `thumb_jax.platform.PRNG_IMPL`; "threefry2x32" is JAX's default).
     dtype: compute dtype, "bfloat16" (GPU) or "float32" (CPU); params stay float32.
     init_checkpoint: torchvision `resnet34-b627a593.pth` for ImageNet init, None: random.
     max_train_examples: cap on training images (a seeded random subset), None: all.
@@ -53,7 +55,7 @@ class Config:
     checkpoints_to_keep: orbax keeps this many most recent epoch checkpoints.
   """
   dataset: str = "cifar10"
-  data_dir: Optional[str] = None
+  data_dir: str | None = None
   attribute: str = "Blond_Hair"
   image_size: int = 224
   stage_sizes: tuple[int, ...] = (3, 4, 6, 3)
@@ -68,10 +70,10 @@ class Config:
   weight_decay: float = 1e-4
   cosine_schedule: bool = True
   seed: int = 0
-  prng_impl: str = "rbg"
+  prng_impl: str = platform.PRNG_IMPL
   dtype: str = "bfloat16"
-  init_checkpoint: Optional[str] = None
-  max_train_examples: Optional[int] = None
+  init_checkpoint: str | None = None
+  max_train_examples: int | None = None
   augment: bool = True
   checkpoints_to_keep: int = 2
 
@@ -96,8 +98,36 @@ class Config:
     return dataclasses.asdict(self)
 
 
+# Config fields that cannot change the weights of a run: where the same data is found, how
+# evaluation is batched, how many checkpoints are kept. Every other field (epochs, the
+# schedule, the model's shape, the seed, ...) must match the saved config.json to resume.
+RESUMABLE_CHANGES = ("data_dir", "eval_batch_size", "checkpoints_to_keep")
+
+
+def check_resumable(saved: Mapping[str, Any], config: Config, *, where: str = "workdir"
+                    ) -> None:
+  """Raises ValueError naming every field (outside RESUMABLE_CHANGES) that differs.
+
+  Args:
+    saved: the config a run was started with, as saved in its config.json.
+    config: the config of the run that wants to continue it.
+    where: names the saved run in the message.
+  """
+  now = io.to_jsonable(config.to_dict())
+  missing = object()
+  changed = sorted(k for k in set(now) | set(saved) if k not in RESUMABLE_CHANGES
+                   and saved.get(k, missing) != now.get(k, missing))
+  if changed:
+    diffs = "; ".join(f"{k}: saved {saved.get(k, '<absent>')!r}, now {now.get(k, '<absent>')!r}"
+                      for k in changed)
+    raise ValueError(
+        f"{where}: cannot resume, the config differs from the saved config.json in "
+        f"{changed} ({diffs}). Resume with the saved values or use a new workdir (only "
+        f"{', '.join(RESUMABLE_CHANGES)} may change).")
+
+
 def paper(*, dataset: str = "cifar10", finetune_mode: str = "short",
-          init_checkpoint: Optional[str] = None) -> Config:
+          init_checkpoint: str | None = None) -> Config:
   """ResNet34 at 224 px, bf16 compute, latent 128, dropout 0.5, AdamW (the default)."""
   if finetune_mode not in FINETUNE_MODES:
     raise ValueError(f"finetune_mode: expected one of {tuple(FINETUNE_MODES)}, "
@@ -122,7 +152,7 @@ def cpu(*, dataset: str = "cifar10") -> Config:
 
 
 def tiny(*, dataset: str = "cifar10") -> Config:
-  """A 2-stage, 8-channel ResNet on 16 px images for tests (seconds on CPU)."""
+  """A 2-stage, 8-channel ResNet on 16 px images for tests."""
   return dataclasses.replace(
       cpu(dataset=dataset), image_size=16, stage_sizes=(1, 1), num_filters=8, latent_dim=16,
       batch_size=8, eval_batch_size=16, epochs=1, cosine_schedule=False,

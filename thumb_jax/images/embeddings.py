@@ -11,16 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from typing import Any, Callable, Mapping, NamedTuple
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from thumb_jax import retrain
+from thumb_jax import io
+from thumb_jax.embedding_files import cache_field
 from thumb_jax.images import resnet
-from thumb_jax.images.train import padded_batches
+from thumb_jax.images.input_pipeline import padded_batches
 
 
 class Embeddings(NamedTuple):
@@ -30,7 +33,7 @@ class Embeddings(NamedTuple):
     embeddings: float32 [N, latent_dim].
     labels: [N] in {+1, -1}.
     provenance: JSON-friendly dict (data source, config, checkpoint hash, ...).
-    index: optional int64 [N], the images' ids in their source (`data.Split.index`).
+    index: optional int64 [N], the images' ids in their source (`datasets.Split.index`).
   """
   embeddings: np.ndarray
   labels: np.ndarray
@@ -96,9 +99,9 @@ def cache_path(cache_dir: str | os.PathLike, *, dataset: str, split: str, latent
 
   Characters other than letters, digits, '.' and '-' in the dataset and split names become
   '-' (celeba-Blond_Hair -> celeba-Blond-Hair), so '_' only separates the four fields and
-  `thumb_jax.retrain.find_split_file` finds an entry by its split.
+  `thumb_jax.embedding_files.find_split_file` finds an entry by its split.
   """
-  name = (f"{retrain.cache_field(dataset)}_{retrain.cache_field(split)}_d{latent_dim}_"
+  name = (f"{cache_field(dataset)}_{cache_field(split)}_d{latent_dim}_"
           f"{checkpoint_hash[:16]}.npz")
   return os.path.join(os.fspath(cache_dir), name)
 
@@ -119,19 +122,24 @@ def cached_embeddings(cache_dir: str | os.PathLike, *, dataset: str, split: str,
   Returns:
     `Embeddings` (float32 embeddings).
 
-  The entry is written to a temporary file in `cache_dir` and moved into place with
-  os.replace, so a reader never sees a partial file.
+  The entry holds its key and is written atomically (`io.write_npz`); a file whose key
+  differs, or that cannot be read (warned), is recomputed. Temporaries of killed writes
+  are removed first.
   """
   path = cache_path(cache_dir, dataset=dataset, split=split, latent_dim=latent_dim,
                     checkpoint_hash=checkpoint_hash)
   key = {"dataset": dataset, "split": split, "latent_dim": int(latent_dim),
          "checkpoint_hash": checkpoint_hash}
+  io.remove_stale_temporaries(cache_dir)
   if os.path.exists(path):
-    with np.load(path, allow_pickle=False) as f:
-      if json.loads(str(f["key"])) == key:
-        return Embeddings(np.asarray(f["embeddings"], np.float32), np.asarray(f["labels"]),
-                          json.loads(str(f["provenance"])),
-                          np.asarray(f["index"]) if "index" in f.files else None)
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        if json.loads(str(f["key"])) == key:
+          return Embeddings(np.asarray(f["embeddings"], np.float32), np.asarray(f["labels"]),
+                            json.loads(str(f["provenance"])),
+                            np.asarray(f["index"]) if "index" in f.files else None)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+      warnings.warn(f"ignoring unreadable embedding cache {path}: {err}", stacklevel=2)
   result = compute_fn()
   emb = np.asarray(result.embeddings, np.float32)
   labels = np.asarray(result.labels)
@@ -139,24 +147,13 @@ def cached_embeddings(cache_dir: str | os.PathLike, *, dataset: str, split: str,
     raise ValueError(f"compute_fn: expected embeddings [N, {latent_dim}], got {emb.shape}")
   if labels.shape != emb.shape[:1]:
     raise ValueError(f"compute_fn: expected labels [{emb.shape[0]}], got {labels.shape}")
-  provenance = dict(result.provenance or {})
+  provenance = json.loads(io.dumps(dict(result.provenance or {})))
   extra = {} if result.index is None else {"index": np.asarray(result.index)}
-  os.makedirs(cache_dir, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.fspath(cache_dir), prefix=".tmp-", suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, embeddings=emb, labels=labels, key=np.asarray(json.dumps(key, sort_keys=True)),
-               provenance=np.asarray(json.dumps(provenance, sort_keys=True, default=str)),
-               **extra)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return Embeddings(emb, labels, json.loads(json.dumps(provenance, default=str)),
-                    extra.get("index"))
+  io.write_npz(path, {"embeddings": emb, "labels": labels,
+                      "key": np.asarray(json.dumps(key, sort_keys=True)),
+                      "provenance": np.asarray(json.dumps(provenance, sort_keys=True)),
+                      **extra})
+  return Embeddings(emb, labels, provenance, extra.get("index"))
 
 
 def split_embeddings(state_or_variables, model: resnet.ResNet, split, *, batch_size: int,

@@ -1,11 +1,8 @@
 """ResNet backbone with torchvision's layout and the paper's MLP head, in Flax Linen.
 
-Why Linen rather than NNX: the Flax ImageNet example's ResNet is Linen, and its module
-tree (explicitly named convs and batch norms, `params` / `batch_stats` collections) maps
-one to one onto torchvision's `state_dict`, which keeps `torch_convert` a table lookup;
-`flax.training.train_state.TrainState` plus a `batch_stats` field and orbax checkpointing
-of that pytree are the mature, documented path. The model is a pure function of its
-variables, so `jax.jit` at the use site is all the training loop needs.
+Linen (README, "Design choices"): its module tree (explicitly named convs and batch norms,
+`params` / `batch_stats` collections) maps one to one onto torchvision's `state_dict`, which
+keeps `torch_convert` a table lookup, and the model is a pure function of its variables.
 
 Layout (torchvision `resnet34`, v1.5: stride in the first 3x3 conv of a block):
 
@@ -27,8 +24,9 @@ Parameter names mirror torchvision: `backbone/conv1`, `backbone/bn1`,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -47,13 +45,11 @@ def conv_small_spatial_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation
                                  feature_group_count=1, precision=None, **kwargs):
   """`lax.conv_general_dilated`, computed as one matmul for tiny images on CPU.
 
-  XLA:CPU's convolution is pathologically slow when the spatial extent is tiny and the
-  channels are many: measured on the 2-core dev machine (jaxlib 0.9.2), a 3x3 conv of
-  [128, 2, 2, 512] takes 1.16 s forward (2 GFLOP/s) against 32 ms as patches @ kernel,
-  and [128, 2, 2, 256] 103 ms against 13 ms. A ResNet34 hits exactly these shapes in its
-  last two stages at 32 px (2x2 and 1x1) and 64 px (4x4 and 2x2) inputs. For larger
-  images the native convolution is faster (8x8x64: 5 ms against 20 ms), so only inputs
-  with at most `SMALL_SPATIAL` positions take the matmul, and only on CPU.
+  XLA:CPU's convolution is very slow when the spatial extent is tiny and the channels are
+  many, as in a ResNet34's last two stages at 32 px (2x2 and 1x1) and 64 px (4x4 and 2x2)
+  inputs; patches @ kernel is much faster there (README, "Design choices"), while for
+  larger images the native convolution wins. So only inputs with at most `SMALL_SPATIAL`
+  positions take the matmul, and only on CPU.
 
   Same arguments and result as `lax.conv_general_dilated` (NHWC / HWIO layouts, no
   dilation or groups for the matmul path); a drop-in `conv_general_dilated` for nn.Conv.

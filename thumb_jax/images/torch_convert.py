@@ -16,7 +16,8 @@ torch is imported inside `load_torch_state_dict` only, so the package does not n
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

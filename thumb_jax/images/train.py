@@ -13,14 +13,12 @@ Labels are +1 / -1 (class +1 = minority); the network's class index is (y > 0).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
-import tempfile
 import time
-import warnings
-from typing import Any, Iterator, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +28,8 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from thumb_jax.images import resnet, torch_convert
+from thumb_jax import io, platform
+from thumb_jax.images import configs, datasets, input_pipeline, resnet, torch_convert
 from thumb_jax.images.configs import Config
 
 
@@ -70,7 +69,7 @@ class RunKeys(NamedTuple):
   subsample: jax.Array
 
 
-def run_keys(seed: int, *, impl: str = "rbg") -> RunKeys:
+def run_keys(seed: int, *, impl: str = platform.PRNG_IMPL) -> RunKeys:
   """The run's root key `key(seed, impl=impl)` split once."""
   return RunKeys(*jax.random.split(jax.random.key(seed, impl=impl), 4))
 
@@ -93,7 +92,7 @@ def make_optimizer(config: Config, *, steps_per_epoch: int) -> optax.GradientTra
 # `apply_fn`; the helpers below return the same objects for the same arguments, so
 # repeated `train_and_evaluate` calls in one process (resumes, seed sweeps, tests)
 # reuse the compiled init, train and eval steps instead of compiling them again.
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _adamw(learning_rate: float, weight_decay: float,
            total_steps: int | None) -> optax.GradientTransformation:
   lr = (learning_rate if total_steps is None
@@ -101,12 +100,12 @@ def _adamw(learning_rate: float, weight_decay: float,
   return optax.adamw(lr, weight_decay=weight_decay)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_init(model: resnet.ResNet):
   return jax.jit(functools.partial(model.init, train=False))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _apply_fn(model: resnet.ResNet):
   # Bound methods compare by the identity of their module; equal modules share this one.
   return model.apply
@@ -121,7 +120,7 @@ def jitted_steps(*, crop_padding: int, flip: bool, donate: bool = False):
   return _jitted_steps(int(crop_padding), bool(flip), bool(donate))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted_steps(crop_padding: int, flip: bool, donate: bool):
   train_fn = jax.jit(functools.partial(train_step, crop_padding=crop_padding, flip=flip),
                      donate_argnums=(0,) if donate else ())
@@ -233,92 +232,31 @@ def eval_step(state: TrainState, batch: Batch) -> EvalSums:
 
 # ----------------------------------------------------------------------------- data
 
-def padded_batches(arrays: tuple[np.ndarray, ...], batch_size: int
-                   ) -> Iterator[tuple[tuple[np.ndarray, ...], np.ndarray]]:
-  """Yields fixed-size batches of `arrays` (same leading size N) and a 0/1 mask [batch_size].
-
-  The last batch is zero-padded to `batch_size`, so a jitted consumer compiles once.
-  """
-  if batch_size <= 0:
-    raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
-  n = len(arrays[0])
-  for start in range(0, n, batch_size):
-    chunk = tuple(np.asarray(a[start:start + batch_size]) for a in arrays)
-    m = len(chunk[0])
-    if m < batch_size:
-      chunk = tuple(np.concatenate([c, np.zeros((batch_size - m,) + c.shape[1:], c.dtype)])
-                    for c in chunk)
-    yield chunk, (np.arange(batch_size) < m).astype(np.float32)
-
-
-def _subset(split, idx: np.ndarray):
-  """The rows `idx` of every array field of a Split-like NamedTuple (images, labels, ...)."""
-  n = len(split.labels)
-  fields = split._fields if hasattr(split, "_fields") else ("images", "labels")
-  rows = {f: np.asarray(getattr(split, f))[idx] for f in fields
-          if np.ndim(getattr(split, f)) >= 1 and len(getattr(split, f)) == n}
-  if hasattr(split, "_replace"):
-    return split._replace(**rows)
-  return dataclasses.replace(split, **rows)
-
-
-def cap_train_examples(dataset, *, max_train_examples: int | None, key: jax.Array):
-  """Keeps a random subset of `max_train_examples` training rows (in their order); else as is."""
-  n = len(dataset.train.labels)
-  if max_train_examples is None or n <= max_train_examples:
-    return dataset
-  idx = np.sort(np.asarray(jax.random.permutation(key, n))[:max_train_examples])
-  return dataset._replace(train=_subset(dataset.train, idx))
-
-
-def resize_images(images: np.ndarray, image_size: int, *, batch_size: int = 512) -> np.ndarray:
-  """uint8 [N, H, W, C] -> uint8 [N, image_size, image_size, C], bilinear (antialiased)."""
-  resize = jax.jit(lambda x: jnp.clip(jnp.round(jax.image.resize(
-      x.astype(jnp.float32), (x.shape[0], image_size, image_size, x.shape[3]), "bilinear")),
-      0, 255).astype(jnp.uint8))
-  out = np.empty((len(images), image_size, image_size, images.shape[3]), np.uint8)
-  for start in range(0, len(images), batch_size):
-    out[start:start + batch_size] = np.asarray(resize(images[start:start + batch_size]))
-  return out
-
-
 def load_data(config: Config, *, cache_dir: str | None = None):
-  """`data.load_dataset` for the config: images at `image_size`, train capped.
+  """`datasets.load_dataset` for the config: images at `image_size`, train capped.
 
   CIFAR-10 is stored at 32 px and resized here when `image_size` differs (224 px for the
   paper's recipe); CelebA is decoded at `image_size` by the loader, whose training split is
   capped at `max_train_examples` (val and test are kept whole). `cache_dir` holds the
   CelebA loader's decoded arrays.
   """
-  from thumb_jax.images import data  # pylint: disable=g-import-not-at-top
   if config.dataset == "celeba":
-    dataset = data.load_dataset(
+    dataset = datasets.load_dataset(
         "celeba", data_dir=config.data_dir, attribute=config.attribute,
         image_size=config.image_size, seed=config.seed, cache_dir=cache_dir,
         max_per_split={"train": config.max_train_examples, "val": None, "test": None})
   else:
-    dataset = data.load_dataset("cifar10", data_dir=config.data_dir, seed=config.seed)
-  dataset = cap_train_examples(dataset, max_train_examples=config.max_train_examples,
-                               key=run_keys(config.seed, impl=config.prng_impl).subsample)
+    dataset = datasets.load_dataset("cifar10", data_dir=config.data_dir, seed=config.seed)
+  dataset = input_pipeline.cap_train_examples(
+      dataset, max_train_examples=config.max_train_examples,
+      key=run_keys(config.seed, impl=config.prng_impl).subsample)
   if dataset.train.images.shape[1] != config.image_size:
     dataset = dataset._replace(**{
-        name: getattr(dataset, name)._replace(
-            images=resize_images(getattr(dataset, name).images, config.image_size))
-        for name in ("train", "val", "test")})
+        name: split._replace(images=input_pipeline.resize_images(split.images,
+                                                                 config.image_size))
+        for name, split in (("train", dataset.train), ("val", dataset.val),
+                            ("test", dataset.test))})
   return dataset
-
-
-def _check_split(name: str, split, image_size: int) -> None:
-  shape = np.shape(split.images)
-  if len(shape) != 4 or shape[1:] != (image_size, image_size, 3):
-    raise ValueError(f"dataset.{name}.images: expected shape [N, {image_size}, {image_size}, 3] "
-                     f"(config.image_size = {image_size}), got {shape}")
-  if np.asarray(split.images).dtype != np.uint8:
-    raise ValueError(f"dataset.{name}.images: expected uint8, got {np.asarray(split.images).dtype}")
-  labels = np.asarray(split.labels)
-  if labels.shape != shape[:1] or not np.all((labels == 1) | (labels == -1)):
-    raise ValueError(f"dataset.{name}.labels: expected [{shape[0]}] values in {{+1, -1}}, "
-                     f"got shape {labels.shape}, values {np.unique(labels)[:5].tolist()}")
 
 
 # ----------------------------------------------------------------------------- loop
@@ -326,7 +264,7 @@ def _check_split(name: str, split, image_size: int) -> None:
 def evaluate(eval_fn, state: TrainState, split, *, batch_size: int) -> dict[str, float]:
   """Loss, accuracy and the per-class errors err_plus / err_minus of a split."""
   total = None
-  batches = padded_batches((split.images, split.labels), batch_size)
+  batches = input_pipeline.padded_batches((split.images, split.labels), batch_size)
   for (images, labels), mask in tqdm(batches, desc=f"eval on {len(split.labels)} images",
                                      unit="batch", total=-(-len(split.labels) // batch_size),
                                      leave=False):
@@ -341,35 +279,66 @@ def evaluate(eval_fn, state: TrainState, split, *, batch_size: int) -> dict[str,
           "balanced_error": 0.5 * (err_plus + err_minus), "n": int(t.count)}
 
 
-def _write_json(path: str, obj: Any) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".json")
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
-
-
 def train_and_evaluate(config: Config, workdir: str, *, dataset=None) -> TrainState:
   """Fine-tunes the model, checkpointing every epoch; resumes from the latest checkpoint.
+
+  A run is resumed only with the config it was started with (`configs.check_resumable`:
+  the fields in `configs.RESUMABLE_CHANGES` may differ) and as many training images, so
+  the resumed steps are exactly those of an uninterrupted run. config.json is written when
+  a run starts and never rewritten; metrics.json records the config of the latest call.
 
   Args:
     config: a `configs.Config`.
     workdir: output folder: checkpoints/ (orbax, one per epoch, step = epoch),
       metrics.json (per-epoch train/val metrics, final test metrics), config.json.
-    dataset: a `data.BinaryDataset`-like object (.train, .val, .test with .images uint8
-      [N, S, S, 3] and .labels in {+1, -1}); None loads it with `load_data(config)`.
+    dataset: a `datasets.BinaryDataset`-like object (.train, .val, .test with .images
+      uint8 [N, S, S, 3] and .labels in {+1, -1}); None loads it with `load_data(config)`.
 
   Returns:
     The final TrainState.
+
+  Raises:
+    ValueError: the dataset does not fit the config, or the workdir holds checkpoints of
+      a run with another config or another number of training images.
   """
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  io.remove_stale_temporaries(workdir)  # of JSON writes killed in an earlier run
+  config_path = os.path.join(workdir, "config.json")
+  metrics_path = os.path.join(workdir, "metrics.json")
+  manager = ocp.CheckpointManager(
+      os.path.join(workdir, "checkpoints"),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoints_to_keep, create=True))
+  try:
+    start_epoch = manager.latest_step() or 0
+    saved_metrics = {}
+    if start_epoch:
+      if not os.path.exists(config_path):
+        raise ValueError(f"workdir: {workdir} holds checkpoints but no config.json, so "
+                         "resuming it cannot be checked; use a new workdir")
+      with open(config_path) as f:
+        configs.check_resumable(json.load(f), config, where=f"workdir {workdir}")
+      if os.path.exists(metrics_path):
+        with open(metrics_path) as f:
+          saved_metrics = json.load(f)
+    else:
+      io.write_json(config_path, config.to_dict())
+    return _train(config, workdir, manager, start_epoch=start_epoch,
+                  saved_metrics=saved_metrics, dataset=dataset)
+  finally:
+    manager.close()
+
+
+def _train(config: Config, workdir: str, manager: ocp.CheckpointManager, *,
+           start_epoch: int, saved_metrics: Mapping[str, Any], dataset) -> TrainState:
+  """The body of `train_and_evaluate` once the workdir is checked."""
   keys = run_keys(config.seed, impl=config.prng_impl)
   if dataset is None:
     dataset = load_data(config)
-  dataset = cap_train_examples(dataset, max_train_examples=config.max_train_examples,
-                               key=keys.subsample)
+  dataset = input_pipeline.cap_train_examples(
+      dataset, max_train_examples=config.max_train_examples, key=keys.subsample)
   for name in ("train", "val", "test"):
-    _check_split(name, getattr(dataset, name), config.image_size)
+    input_pipeline.check_split(name, getattr(dataset, name), config.image_size)
   train_images = np.asarray(dataset.train.images)
   train_labels = np.asarray(dataset.train.labels)
   n_train = len(train_labels)
@@ -377,39 +346,23 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset=None) -> TrainSt
   if steps_per_epoch == 0:
     raise ValueError(f"config.batch_size: {config.batch_size} is larger than the "
                      f"{n_train} training images")
+  if saved_metrics.get("n_train", n_train) != n_train:
+    raise ValueError(f"dataset: cannot resume {workdir}, its run trained on "
+                     f"{saved_metrics['n_train']} images and this dataset has {n_train}")
 
   model = create_model(config)
   state = create_train_state(config, model, key=keys.init, steps_per_epoch=steps_per_epoch)
-  manager = ocp.CheckpointManager(
-      os.path.join(workdir, "checkpoints"),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.checkpoints_to_keep, create=True))
-  start_epoch = manager.latest_step() or 0
   if start_epoch:
     state = manager.restore(start_epoch, args=ocp.args.StandardRestore(state))
-
-  metrics_path = os.path.join(workdir, "metrics.json")
-  history = []
-  if start_epoch and os.path.exists(metrics_path):
-    with open(metrics_path) as f:
-      history = [h for h in json.load(f)["epochs"] if h["epoch"] <= start_epoch]
-  config_path = os.path.join(workdir, "config.json")
-  if start_epoch and os.path.exists(config_path):
-    with open(config_path) as f:
-      saved = json.load(f)
-    changed = sorted(k for k, v in json.loads(json.dumps(config.to_dict())).items()
-                     if k != "epochs" and saved.get(k) != v)
-    if changed:
-      warnings.warn(f"workdir: resuming {workdir} at epoch {start_epoch} with a config that "
-                    f"differs from the saved one in {changed}")
-  _write_json(config_path, config.to_dict())
+  history = [h for h in saved_metrics.get("epochs", []) if h["epoch"] <= start_epoch]
 
   train_fn, eval_fn = jitted_steps(**augmentation_for(config),
                                    donate=jax.default_backend() != "cpu")
 
   def record(test=None):
-    _write_json(metrics_path, {"config": config.to_dict(), "n_train": n_train,
-                               "steps_per_epoch": steps_per_epoch, "epochs": history,
-                               "test": test})
+    io.write_json(os.path.join(workdir, "metrics.json"),
+                  {"config": config.to_dict(), "n_train": n_train,
+                   "steps_per_epoch": steps_per_epoch, "epochs": history, "test": test})
 
   for epoch in range(start_epoch, config.epochs):
     perm = np.asarray(jax.random.permutation(jax.random.fold_in(keys.shuffle, epoch), n_train))
@@ -444,5 +397,4 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset=None) -> TrainSt
 
   test = evaluate(eval_fn, state, dataset.test, batch_size=config.eval_batch_size)
   record(test)
-  manager.close()
   return state
