@@ -113,16 +113,29 @@ def bench_torch(*, image_size: int, batch_size: int, steps: int, warmup: int) ->
           "loss": timing.output}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--out", required=True)
-  p.add_argument("--batch_size", type=int, default=128)
-  p.add_argument("--gpu_batch_size", type=int, default=128)
-  p.add_argument("--steps", type=int, default=5)
-  p.add_argument("--warmup", type=int, default=1)
-  p.add_argument("--image_size", type=int, default=32, help="CPU image size")
-  p.add_argument("--no_torch", action="store_true")
-  args = p.parse_args(argv)
+  p.add_argument("--out", required=True, help="folder for bench_train.json (required)")
+  p.add_argument("--batch_size", type=int, default=128,
+                 help="batch size of the CPU rows, JAX float32 and PyTorch (default: %(default)s)")
+  p.add_argument("--gpu_batch_size", type=int, default=128,
+                 help="batch size of the GPU row, JAX bfloat16 at 224 px, run only with a GPU "
+                      "(default: %(default)s)")
+  p.add_argument("--steps", type=int, default=5,
+                 help="timed steps per row; the GPU row times at least 20 (default: %(default)s)")
+  p.add_argument("--warmup", type=int, default=1,
+                 help="untimed steps after compilation; the GPU row runs at least 3 "
+                      "(default: %(default)s)")
+  p.add_argument("--image_size", type=int, default=32,
+                 help="image side of the CPU rows in pixels (default: %(default)s)")
+  p.add_argument("--no_torch", action="store_true",
+                 help="skip the PyTorch row (default: run it when torch imports)")
+  return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+  """Runs the benchmark rows, prints the table, writes bench_train.json; returns the result."""
+  args = _parser().parse_args(argv)
   io.check_writable_dir(args.out)
 
   rows = [bench_jax(image_size=args.image_size, batch_size=args.batch_size, dtype="float32",

@@ -18,25 +18,70 @@ import sys
 import jax
 
 from thumb_jax import io
-from thumb_jax.images import configs, embeddings, train
+from thumb_jax.images import configs, embeddings, torch_convert, train
+
+# Config fields a flag may override, with their help text; each defaults to the --config's.
+_OVERRIDES = {
+    "epochs": (int, "training epochs"),
+    "batch_size": (int, "training batch size (an epoch's last incomplete batch is dropped)"),
+    "learning_rate": (float, "AdamW peak learning rate (finite, >= 0)"),
+    "latent_dim": (int, "width of the head's hidden layer, i.e. of the cached embeddings"),
+    "image_size": (int, "side of the square images fed to the network (pixels)"),
+    "max_train_examples": (int, "train on a seeded random subset of this many images "
+                                "(None: all)"),
+    "seed": (int, "root seed of the init, shuffles, augmentation, dropout and subsampling"),
+}
+
+
+def _config_defaults(field: str) -> str:
+  """`field` in each --config for cifar10 (and celeba where it differs), for --help."""
+  parts = []
+  for name in ("paper", "cpu", "tiny"):
+    values = {d: getattr(getattr(configs, name)(dataset=d), field) for d in configs.DATASETS}
+    text = f"{name} {values['cifar10']}"
+    if name == "paper":
+      long = getattr(configs.paper(finetune_mode="long"), field)
+      text += "" if long == values["cifar10"] else f" (--finetune_mode long: {long})"
+    if values["celeba"] != values["cifar10"]:
+      text += f" (celeba {values['celeba']})"
+    parts.append(text)
+  return "default: the --config's: " + ", ".join(parts)
 
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--config", choices=("paper", "cpu", "tiny"), default="cpu")
-  p.add_argument("--dataset", choices=configs.DATASETS, default="cifar10")
-  p.add_argument("--data_dir", default=None)
-  p.add_argument("--workdir", required=True)
-  p.add_argument("--attribute", default=None, help="CelebA attribute of class +1")
+  p.add_argument("--config", choices=("paper", "cpu", "tiny"), default="cpu",
+                 help="recipe to start from (thumb_jax.images.configs): paper = ResNet34 at "
+                      "224 px in bfloat16; cpu = float32 at 32 px (CIFAR-10) or 64 px "
+                      "(CelebA); tiny = a 2-stage ResNet on 16 px for tests (default: cpu)")
+  p.add_argument("--dataset", choices=configs.DATASETS, default="cifar10",
+                 help="cifar10 = airplane (+1) vs truck; celeba = --attribute present (+1) "
+                      "(default: cifar10)")
+  p.add_argument("--data_dir", default=None,
+                 help="CIFAR-10: an .npz, the cifar-10-batches-py folder or the .tar.gz; "
+                      "CelebA: the folder with img_align_celeba.zip, list_attr_celeba.txt "
+                      "and list_eval_partition.txt (default: none; the loader then says "
+                      "where to get the data)")
+  p.add_argument("--workdir", required=True,
+                 help="output folder (required): checkpoints/, config.json, metrics.json, "
+                      "embeddings/, summary.json, data_cache/; rerunning resumes")
+  p.add_argument("--attribute", default=None,
+                 help="CelebA attribute of class +1 (default: "
+                      f"{configs.Config.attribute})")
   p.add_argument("--finetune_mode", choices=tuple(configs.FINETUNE_MODES), default=None,
-                 help="paper config only: short = 10 epochs at 1e-3, long = 30 at 1e-2")
-  p.add_argument("--init_checkpoint", default=None, help="torchvision resnet34 .pth")
-  for name, kind in (("epochs", int), ("batch_size", int), ("learning_rate", float),
-                     ("latent_dim", int), ("image_size", int), ("max_train_examples", int),
-                     ("seed", int)):
-    p.add_argument(f"--{name}", type=kind, default=None)
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
-  p.add_argument("--no_augment", action="store_true")
+                 help="--config paper only: short = 10 epochs at lr 1e-3, long = 30 epochs at "
+                      "lr 1e-2 (default: short)")
+  p.add_argument("--init_checkpoint", default=None,
+                 help="torchvision resnet34-b627a593.pth for an ImageNet-initialized "
+                      "backbone; needs torch (default: none, random initialization)")
+  for name, (kind, text) in _OVERRIDES.items():
+    p.add_argument(f"--{name}", type=kind, default=None,
+                   help=f"{text} ({_config_defaults(name)})")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                 help=f"compute dtype; parameters stay float32 ({_config_defaults('dtype')})")
+  p.add_argument("--no_augment", action="store_true",
+                 help="turn off augmentation (CIFAR-10: 4-px padded random crop and "
+                      "horizontal flip; CelebA: horizontal flip) (default: augment)")
   return p
 
 
@@ -46,8 +91,7 @@ def config_from_args(args: argparse.Namespace) -> configs.Config:
   else:
     config = getattr(configs, args.config)(dataset=args.dataset)
   overrides = {k: getattr(args, k) for k in (
-      "data_dir", "attribute", "init_checkpoint", "epochs", "batch_size", "learning_rate",
-      "latent_dim", "image_size", "max_train_examples", "seed", "dtype")
+      "data_dir", "attribute", "init_checkpoint", "dtype", *_OVERRIDES)
       if getattr(args, k) is not None}
   if args.no_augment:
     overrides["augment"] = False
@@ -64,6 +108,8 @@ def main(argv: list[str] | None = None, *, dataset=None) -> dict:
   args = _parser().parse_args(argv)
   config = config_from_args(args)
   workdir = os.path.abspath(args.workdir)
+  if config.init_checkpoint:  # before the data is loaded
+    torch_convert.check_checkpoint_file(config.init_checkpoint, name="--init_checkpoint")
   if dataset is None:
     dataset = train.load_data(config, cache_dir=os.path.join(workdir, "data_cache"))
   state = train.train_and_evaluate(config, workdir, dataset=dataset)

@@ -2,6 +2,8 @@
 
 import io
 import os
+import shutil
+import stat
 import sys
 import zipfile
 from pathlib import Path
@@ -137,11 +139,79 @@ def test_celeba_missing_files(tmp_path):
     celeba.load_celeba(root2, image_size=0)
 
 
+def _attribute_lines():
+  """list_attr_celeba.txt of 3 files and 2 attributes, with a blank line after file 1."""
+  return ["3", "Blond_Hair Smiling", "000001.jpg  1 -1", "", "000002.jpg -1 -1",
+          "000003.jpg  1  1"]
+
+
+@pytest.mark.parametrize("row,bad,pattern", [
+    ("000002.jpg -1", 5, r"expected `file` \+ 2 values in \{\+1, -1\}, got 1 values"),
+    ("000002.jpg -1  0", 5, r"expected attribute values in \{\+1, -1\}, got '0' for Smiling"),
+    ("000002.jpg -1 yes", 5, r"expected .*, got 'yes' for Smiling of 000002.jpg"),
+    ("000001.jpg -1 -1", 5, r"image 000001.jpg is listed twice \(lines 3 and 5\)")],
+    ids=["short row", "zero", "word", "duplicate"])
+def test_attribute_file_errors_give_the_real_line(tmp_path, row, bad, pattern):
+  lines = _attribute_lines()
+  lines[bad - 1] = row
+  path = tmp_path / "list_attr_celeba.txt"
+  path.write_text("\n".join(lines) + "\n")
+  with pytest.raises(ValueError, match=rf"list_attr_celeba.txt:{bad}: {pattern}"):
+    celeba.read_celeba_attributes(path)
+
+
+def test_attribute_file_parses(tmp_path):
+  path = tmp_path / "list_attr_celeba.txt"
+  path.write_text("\n".join(_attribute_lines()) + "\n")
+  names, files, values = celeba.read_celeba_attributes(path)
+  assert names == ("Blond_Hair", "Smiling") and files == ["000001.jpg", "000002.jpg",
+                                                          "000003.jpg"]
+  np.testing.assert_array_equal(values, [[1, -1], [-1, -1], [1, 1]])
+  assert values.dtype == np.int8
+
+
+def _celeba_with_partition(root, dest, partition_text):
+  """A copy of `root` (images and attributes) with another partition file."""
+  dest.mkdir()
+  for name in ("img_align_celeba.zip", "list_attr_celeba.txt"):
+    shutil.copy(root / name, dest / name)
+  (dest / "list_eval_partition.txt").write_text(partition_text)
+  return dest
+
+
+def test_duplicate_partition_row_gives_its_lines(tmp_path, celeba_root):
+  names = [f"{i + 1:06d}.jpg" for i in range(N_FILES)]
+  text = "".join(f"{n} {p}\n" for n, p in zip(names, PARTITION)) + "000002.jpg 2\n"
+  root = _celeba_with_partition(celeba_root, tmp_path / "dup", text)
+  with pytest.raises(ValueError, match=rf"list_eval_partition.txt:{N_FILES + 1}: image "
+                                       rf"000002.jpg is listed twice \(lines 2 and "):
+    celeba.load_celeba(root, image_size=4, progress=False)
+
+
+@pytest.mark.parametrize("split", datasets.SPLITS)
+def test_empty_split_is_found_before_decoding(tmp_path, celeba_root, monkeypatch, split):
+  # Every present image of `split` moved to another split: the split is empty.
+  k = datasets.SPLITS.index(split)
+  other = (k + 1) % 3
+  names = [f"{i + 1:06d}.jpg" for i in range(N_FILES)]
+  text = "".join(f"{n} {other if p == k else p}\n" for n, p in zip(names, PARTITION))
+  root = _celeba_with_partition(celeba_root, tmp_path / split, text)
+  monkeypatch.setattr(datasets, "decode_image", lambda *a, **k: pytest.fail("decoded"))
+  with pytest.raises(ValueError, match=rf"list_eval_partition.txt: the {split} split "
+                                       rf"\(partition {k}\) has none of the {N_PRESENT} images"):
+    celeba.load_celeba(root, image_size=4, progress=False)
+
+
 def test_celeba_cache_hit_and_keys(tmp_path, monkeypatch, celeba_root):
   cache = tmp_path / "cache"
-  first = celeba.load_celeba(celeba_root, image_size=8, cache_dir=cache, progress=False)
+  old_mask = os.umask(0o022)
+  try:
+    first = celeba.load_celeba(celeba_root, image_size=8, cache_dir=cache, progress=False)
+  finally:
+    os.umask(old_mask)
   assert not first.provenance["cache_hit"]
   assert [p.name for p in cache.iterdir()] == [Path(first.provenance["cache"]).name]
+  assert stat.S_IMODE(os.stat(first.provenance["cache"]).st_mode) == 0o644
 
   def fail(*args, **kwargs):
     raise AssertionError("decoded although the arrays are cached")

@@ -1,8 +1,12 @@
-"""Embedding extraction (padding, eval mode) and the disk cache; the entry point's smoke test."""
+"""Embedding extraction and its disk cache; the entry points (smoke test, --help, bad inputs)."""
 
+import contextlib
 import json
 import os
+import re
+import stat
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -95,21 +99,103 @@ def test_cache_miss_hit_and_keys(tmp_path):
       embeddings.cached_embeddings(tmp_path, **key, compute_fn=compute()).embeddings, 4.0)
 
 
+@contextlib.contextmanager
+def umask(mask):
+  old = os.umask(mask)
+  try:
+    yield
+  finally:
+    os.umask(old)
+
+
+def mode(path) -> int:
+  return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.parametrize("mask,expected", [(0o022, 0o644), (0o077, 0o600)])
+def test_cache_entry_mode_honours_the_umask(tmp_path, mask, expected):
+  with umask(mask):
+    embeddings.cached_embeddings(
+        tmp_path, dataset="cifar10", split="val", latent_dim=2, checkpoint_hash="ab" * 32,
+        compute_fn=lambda: embeddings.Embeddings(np.zeros((3, 2)), np.array([1, -1, 1]), {}))
+  (entry,) = tmp_path.iterdir()
+  assert mode(entry) == expected
+
+
+def test_images_package_writes_only_through_thumb_jax_io():
+  # Every file write under thumb_jax/images goes through thumb_jax.io (atomic, umask mode).
+  folder = Path(embeddings.__file__).parent
+  direct = re.compile(r"open\([^)]*['\"][wax]b?\+?['\"]|np\.save|savez|\.write_(text|bytes)\(|"
+                      r"json\.dump\(|pickle\.dump|\.tofile\(")
+  found = [f"{f.name}:{n}: {line.strip()}" for f in sorted(folder.glob("*.py"))
+           for n, line in enumerate(f.read_text().splitlines(), 1) if direct.search(line)]
+  assert not found, found
+
+
 def test_train_backbone_main_smoke(tmp_path, monkeypatch):
   from experiments import train_backbone  # pylint: disable=g-import-not-at-top
   data = fake_dataset()
-  summary = train_backbone.main(["--config", "tiny", "--workdir", str(tmp_path)], dataset=data)
+  with umask(0o022):
+    summary = train_backbone.main(["--config", "tiny", "--workdir", str(tmp_path)],
+                                  dataset=data)
+  for name in ("config.json", "metrics.json", "summary.json"):
+    assert mode(tmp_path / name) == 0o644, name
   for split in ("train", "val", "test"):
     with np.load(summary["embeddings"][split]) as f:
       n = len(getattr(data, split).labels)
       assert f["embeddings"].shape == (n, configs.tiny().latent_dim)
       assert json.loads(str(f["provenance"]))["split"] == split
+    assert mode(summary["embeddings"][split]) == 0o644
   assert os.path.exists(tmp_path / "metrics.json")
   # A second run finds the checkpoint (nothing to train) and every embedding in the cache.
   monkeypatch.setattr(embeddings, "extract_embeddings",
                       lambda *a, **k: pytest.fail("cache miss on rerun"))
   again = train_backbone.main(["--config", "tiny", "--workdir", str(tmp_path)], dataset=data)
   assert again["checkpoint_hash"] == summary["checkpoint_hash"]
+
+
+@pytest.mark.parametrize("learning_rate,error,pattern", [
+    ("nan", ValueError, r"learning_rate: expected a finite number >= 0, got nan"),
+    ("1e30", FloatingPointError, r"diverged: the training loss is nan at epoch 1/1, step \d+/5 "
+                                 r"\(global step \d+\), with learning_rate=1e\+30")],
+    ids=["nan", "1e30"])
+def test_train_backbone_refuses_or_stops_a_diverging_run(tmp_path, learning_rate, error,
+                                                         pattern):
+  from experiments import train_backbone  # pylint: disable=g-import-not-at-top
+  with pytest.raises(error, match=pattern):
+    train_backbone.main(["--config", "tiny", "--workdir", str(tmp_path),
+                         "--learning_rate", learning_rate], dataset=fake_dataset())
+  # No embeddings, summary, metrics or checkpoint of the diverged weights.
+  left = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")}
+  assert left <= {"config.json", "checkpoints"}, left
+
+
+def test_train_backbone_missing_init_checkpoint(tmp_path, monkeypatch):
+  from experiments import train_backbone  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, "torch", None)  # the file is checked before torch is needed
+  monkeypatch.setattr(train, "load_data", lambda *a, **k: pytest.fail("data loaded"))
+  with pytest.raises(FileNotFoundError, match=r"--init_checkpoint: .*r34.pth' does not exist"):
+    train_backbone.main(["--config", "tiny", "--workdir", str(tmp_path / "run"),
+                         "--init_checkpoint", str(tmp_path / "r34.pth")])
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("module", ["train_backbone", "bench_train"])
+def test_help_explains_every_flag(module, capsys):
+  import importlib  # pylint: disable=g-import-not-at-top
+  entry = importlib.import_module(f"experiments.{module}")
+  parser = entry._parser()  # pylint: disable=protected-access
+  for action in parser._actions:  # pylint: disable=protected-access
+    if action.dest == "help":
+      continue
+    assert action.help, action.option_strings
+    assert "default" in action.help or action.required, action.option_strings
+  with pytest.raises(SystemExit) as exit_info:
+    entry.main(["--help"])
+  assert exit_info.value.code == 0
+  text = capsys.readouterr().out
+  for action in parser._actions:  # pylint: disable=protected-access
+    assert action.option_strings[-1] in text
 
 
 def test_cache_names_are_found_by_split(tmp_path):

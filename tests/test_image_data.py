@@ -35,7 +35,7 @@ def _write_batches(folder, arrays):
            for i in range(5)] + [("test_batch", xt, yt)]
   for name, images, labels in parts:
     # Same structure as the official Python 2 pickles: bytes keys, CHW rows of 3072.
-    batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in labels],
+    batch = {b"batch_label": name.encode(), b"labels": np.asarray(labels).tolist(),
              b"data": images.transpose(0, 3, 1, 2).reshape(-1, 3072),
              b"filenames": [b"x.png"] * len(labels)}
     with open(folder / name, "wb") as f:
@@ -166,6 +166,39 @@ def test_cifar_missing_and_unreadable(tmp_path, cifar):
   np.savez(tmp_path / "wrong.npz", x_train=np.zeros(1))
   with pytest.raises(ValueError, match="y_train"):
     cifar10.load_cifar10_binary(tmp_path / "wrong.npz")
+
+
+@pytest.mark.parametrize("fmt", ["npz", "tar", "pickle"])
+def test_cifar_empty_file_is_named(tmp_path, cifar, fmt):
+  if fmt == "pickle":
+    empty = _copy(cifar[1], tmp_path / "batches") / "data_batch_2"
+    where = empty.parent
+  else:
+    empty = where = tmp_path / {"npz": "data.npz", "tar": "cifar-10-python.tar.gz"}[fmt]
+  empty.write_bytes(b"")
+  with pytest.raises(FileNotFoundError, match=rf"{empty.name}: the file is empty"):
+    cifar10.load_cifar10_binary(where)
+
+
+@pytest.mark.parametrize("fmt", ["npz", "pickle"])
+@pytest.mark.parametrize("kind", ["names", "fractions"])
+def test_cifar_non_integer_labels_are_named(tmp_path, cifar, fmt, kind):
+  arrays = dict(_fake_cifar_arrays())
+  x, y = arrays["train"]
+  bad = (np.array(cifar10.CIFAR10_CLASSES)[y] if kind == "names" else y + 0.5)
+  arrays["train"] = (x, bad)
+  if fmt == "npz":
+    where = tmp_path / "bad.npz"
+    np.savez(where, x_train=x, y_train=bad, x_test=arrays["test"][0], y_test=arrays["test"][1])
+    pattern = r"bad.npz\[train\]: expected integer CIFAR-10 labels 0..9, got dtype"
+  else:
+    if kind == "names":
+      arrays["train"] = (x, [n.encode() for n in bad])  # the pickles hold bytes
+    where = tmp_path / "batches"
+    _write_batches(where, arrays)
+    pattern = r"batches\[train\]: expected integer CIFAR-10 labels 0..9, got dtype"
+  with pytest.raises(ValueError, match=pattern):
+    cifar10.load_cifar10_binary(where)
 
 
 def test_cifar_bad_arguments(cifar):

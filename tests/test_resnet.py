@@ -192,10 +192,24 @@ def test_missing_and_misshapen_keys_are_named(tmp_path, torch_checkpoint):
     torch_convert.backbone_variables_from_state_dict(sd)
 
 
-def test_missing_torch_gives_clear_error(tmp_path, monkeypatch):
-  monkeypatch.setitem(sys.modules, "torch", None)
-  with pytest.raises(ImportError, match="needs PyTorch"):
-    torch_convert.load_torch_state_dict(tmp_path / "x.pth")
+@pytest.mark.parametrize("problem,error,pattern", [
+    ("missing file", FileNotFoundError, r"x.pth' does not exist"),
+    ("folder", FileNotFoundError, r"x.pth' is a folder, not a file"),
+    ("torch missing", ImportError, "needs PyTorch"),
+    ("not a checkpoint", ValueError, r"x.pth' is not a readable torch checkpoint")])
+def test_checkpoint_file_errors_name_the_problem(tmp_path, monkeypatch, problem, error,
+                                                 pattern):
+  path = tmp_path / "x.pth"
+  if problem == "folder":
+    path.mkdir()
+  elif problem != "missing file":
+    path.write_bytes(b"")  # empty: what an interrupted download leaves
+  if problem in ("missing file", "folder", "torch missing"):
+    monkeypatch.setitem(sys.modules, "torch", None)  # the file is checked before torch
+  else:
+    pytest.importorskip("torch")
+  with pytest.raises(error, match=pattern):
+    torch_convert.load_torch_state_dict(path)
 
 
 @pytest.mark.parametrize("spatial,kernel,stride", [(2, 3, 1), (2, 3, 2), (1, 3, 1), (2, 1, 2),

@@ -6,7 +6,7 @@
   configs         `Config` and the paper / cpu / tiny recipes
   resnet          torchvision-layout ResNet + MLP head (Flax Linen)
   torch_convert   torchvision checkpoints -> backbone variables
-  input_pipeline  padded batches, training-set caps, resizing, split checks
+  input_pipeline  padded batches, training-set caps, resizing, split checks, augmentation
   train           train / eval steps and `train_and_evaluate` (orbax checkpoints, resume)
   embeddings      penultimate-layer embeddings and their disk cache
 """

@@ -98,6 +98,11 @@ def load_celeba(data_dir: str | os.PathLike | None = None, *, source: str = "aut
   selected, available = {}, {}
   for k, split in enumerate(SPLITS):
     rows = np.flatnonzero(in_images & (part == k))
+    if rows.shape[0] == 0:
+      raise ValueError(
+          f"{found.partition}: the {split} split (partition {k}) has none of the "
+          f"{int(in_images.sum())} images of {found.images} listed in {found.attributes}; "
+          "every split is needed (train, val = the retraining pool, test)")
     available[split] = datasets.split_counts(labels_all[rows])
     cap = caps.get(split)
     if cap is not None and cap < rows.shape[0]:
@@ -190,47 +195,61 @@ def read_celeba_attributes(path: str | os.PathLike) -> tuple[tuple[str, ...], li
 
   Returns:
     (names: A attribute names, files: N file names, values: int8 [N, A] in {+1, -1}).
+
+  Raises:
+    ValueError: a malformed row or a file listed twice, named by its line in the file.
   """
+  lines = _read_lines(path, "attribute")
+  names = tuple(lines[1].split()) if len(lines) > 1 else ()
+  if not names:
+    raise ValueError(f"{path}:2: expected the attribute names on the second line")
+  files, tokens, first_line = [], [], {}
+  for line_no, line in enumerate(lines[2:], start=3):
+    name, *values = line.split() or ("",)
+    if not name:
+      continue
+    if len(values) != len(names):
+      raise ValueError(f"{path}:{line_no}: expected `file` + {len(names)} values in "
+                       f"{{+1, -1}}, got {len(values)} values in {line.strip()[:100]!r}")
+    _check_new(path, "image", name, line_no, first_line)
+    files.append(name)
+    tokens.append(values)
+  flat = np.asarray(tokens, dtype=str).reshape(len(files), len(names))
+  bad = ~np.isin(flat, ("1", "+1", "-1"))
+  if bad.any():
+    row, col = np.argwhere(bad)[0]
+    raise ValueError(f"{path}:{first_line[files[row]]}: expected attribute values in "
+                     f"{{+1, -1}}, got {str(flat[row, col])!r} for {names[col]} of {files[row]}")
+  return names, files, flat.astype(np.int8)
+
+
+def _read_lines(path, what: str) -> list[str]:
   try:
     with open(path, encoding="utf-8") as f:
-      f.readline()
-      names = tuple(f.readline().split())
-      files, rows = [], []
-      for line in f:
-        name, _, rest = line.strip().partition(" ")
-        if name:
-          files.append(name)
-          rows.append(rest)
+      return f.read().splitlines()
   except (OSError, UnicodeDecodeError) as err:
-    raise FileNotFoundError(f"{path}: cannot read the CelebA attribute file ({err}). "
+    raise FileNotFoundError(f"{path}: cannot read the CelebA {what} file ({err}). "
                             f"{_CELEBA_HOWTO}") from err
-  if not names:
-    raise ValueError(f"{path}: expected attribute names on the second line")
-  try:
-    values = np.loadtxt(rows, dtype=np.int8, ndmin=2).reshape(len(files), len(names))
-  except ValueError as err:
-    raise ValueError(f"{path}: expected rows `file` + {len(names)} values in {{+1, -1}}: "
-                     f"{err}") from err
-  if not np.all(np.abs(values) == 1):
-    raise ValueError(f"{path}: expected attribute values in {{+1, -1}}, found "
-                     f"{np.unique(values[np.abs(values) != 1]).tolist()}")
-  return names, files, values
+
+
+def _check_new(path, what: str, name: str, line_no: int, first_line: dict[str, int]) -> None:
+  """Records name's line; a name seen before is a ValueError naming both lines."""
+  if name in first_line:
+    raise ValueError(f"{path}:{line_no}: {what} {name} is listed twice (lines "
+                     f"{first_line[name]} and {line_no}); each image must have one row")
+  first_line[name] = line_no
 
 
 def _read_celeba_partition(path: Path) -> dict[str, int]:
-  try:
-    with open(path, encoding="utf-8") as f:
-      out = {}
-      for line_no, line in enumerate(f, start=1):
-        parts = line.split()
-        if not parts:
-          continue
-        if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
-          raise ValueError(f"{path}:{line_no}: expected `file 0|1|2`, got {line.strip()!r}")
-        out[parts[0]] = int(parts[1])
-  except (OSError, UnicodeDecodeError) as err:
-    raise FileNotFoundError(f"{path}: cannot read the CelebA partition file ({err}). "
-                            f"{_CELEBA_HOWTO}") from err
+  out, first_line = {}, {}
+  for line_no, line in enumerate(_read_lines(path, "partition"), start=1):
+    parts = line.split()
+    if not parts:
+      continue
+    if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+      raise ValueError(f"{path}:{line_no}: expected `file 0|1|2`, got {line.strip()!r}")
+    _check_new(path, "image", parts[0], line_no, first_line)
+    out[parts[0]] = int(parts[1])
   return out
 
 
@@ -287,6 +306,9 @@ def _load_celeba_tfds(data_dir, *, attribute, caps, seed, cache_dir, image_size,
     ds, info = datasets.tfds_load(tfds, "celeb_a", data_dir, split=tfds_split, with_info=True,
                           decoders={"image": tfds.decode.SkipDecoding()})
     n = int(info.splits[tfds_split].num_examples)
+    if n == 0:
+      raise ValueError(f"tfds celeb_a in data_dir={data_dir!r}: the {tfds_split} split is "
+                       "empty; every split is needed (train, val = the retraining pool, test)")
     keep = np.arange(n)
     if caps.get(split) is not None and caps[split] < n:
       keep = datasets.pick(datasets.split_rng(seed, k), keep, caps[split])

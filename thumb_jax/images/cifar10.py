@@ -204,7 +204,7 @@ def _find_cifar(data_dir) -> tuple[str, Path]:
 
 def _cifar_split(images: np.ndarray, labels: np.ndarray, index: np.ndarray | None,
                  where: str) -> _CifarSplit:
-  images, labels = np.asarray(images), np.asarray(labels).astype(np.int64).reshape(-1)
+  images, labels = np.asarray(images), _integer_labels(np.asarray(labels).reshape(-1), where)
   if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
     raise ValueError(f"{where}: expected uint8 images [N, 32, 32, 3], got {images.dtype} "
                      f"{images.shape}")
@@ -215,11 +215,28 @@ def _cifar_split(images: np.ndarray, labels: np.ndarray, index: np.ndarray | Non
   return _CifarSplit(images[order], labels[order], index[order])
 
 
+def _integer_labels(labels: np.ndarray, where: str) -> np.ndarray:
+  """int64 labels, or a ValueError naming `where` (strings, fractions, objects)."""
+  if labels.dtype.kind in "iu":
+    return labels.astype(np.int64)
+  if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels % 1 == 0):
+    return labels.astype(np.int64)
+  raise ValueError(f"{where}: expected integer CIFAR-10 labels 0..9, got dtype {labels.dtype} "
+                   f"(first values {labels[:3].tolist()})")
+
+
+def _check_not_empty(path: Path) -> None:
+  if path.stat().st_size == 0:
+    raise FileNotFoundError(f"{path}: the file is empty (0 bytes; an interrupted download or "
+                            f"copy?). {_CIFAR_HOWTO}")
+
+
 def _read_cifar_npz(path: Path) -> tuple[_CifarSplit, _CifarSplit]:
+  _check_not_empty(path)
   try:
     with np.load(path) as f:
       arrays = {k: f[k] for k in f.files}
-  except (OSError, ValueError, zipfile.BadZipFile) as err:
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
     raise FileNotFoundError(f"data_dir={str(path)!r}: cannot read the .npz ({err}). "
                             f"{_CIFAR_HOWTO}") from err
   missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
@@ -233,14 +250,18 @@ def _read_cifar_npz(path: Path) -> tuple[_CifarSplit, _CifarSplit]:
 def _unpickle_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
   # The official batches are Python 2 pickles: {b"data": uint8 [N, 3072], b"labels": [N]},
   # each row channel-major (1024 red, 1024 green, 1024 blue values, row by row).
+  if not raw:
+    raise FileNotFoundError(f"{where}: the file is empty (0 bytes; an interrupted download or "
+                            f"copy?). {_CIFAR_HOWTO}")
   try:
     batch = pickle.loads(raw, encoding="bytes")
-    data, labels = batch[b"data"], batch[b"labels"]
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
   except Exception as err:  # pickle raises many types on corrupt input.
     raise FileNotFoundError(f"{where}: not a readable CIFAR-10 batch pickle ({err!r}). "
                             f"{_CIFAR_HOWTO}") from err
-  data = np.asarray(data, np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-  return data, np.asarray(labels, np.int64)
+  if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+    raise ValueError(f"{where}: expected b'data' uint8 [N, 3072], got {data.dtype} {data.shape}")
+  return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
 def _read_cifar_batches(read: Callable[[str], bytes], where: str) -> tuple[_CifarSplit, ...]:
@@ -265,6 +286,7 @@ def _read_cifar_pickles(folder: Path) -> tuple[_CifarSplit, _CifarSplit]:
 
 
 def _read_cifar_tar(path: Path) -> tuple[_CifarSplit, _CifarSplit]:
+  _check_not_empty(path)
   try:
     with tarfile.open(path) as tar:
       members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}

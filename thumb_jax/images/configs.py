@@ -14,6 +14,8 @@ paper's text does not fix them. `check_resumable` says which fields a resumed ru
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,8 +43,8 @@ class Config:
     batch_size: training batch size (the last incomplete batch of an epoch is dropped).
     eval_batch_size: batch size for evaluation and embedding extraction.
     epochs: training epochs.
-    learning_rate: AdamW peak learning rate.
-    weight_decay: AdamW decoupled weight decay.
+    learning_rate: AdamW peak learning rate (finite, >= 0).
+    weight_decay: AdamW decoupled weight decay (finite, >= 0).
     cosine_schedule: cosine decay of the learning rate to 0 over all steps (else constant).
     seed: root seed (init, shuffles, augmentation, dropout, subsampling).
     prng_impl: JAX PRNG implementation of the run's keys (default
@@ -91,6 +93,10 @@ class Config:
         raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)!r}")
     if self.max_train_examples is not None and self.max_train_examples <= 0:
       raise ValueError(f"max_train_examples: expected None or > 0, got {self.max_train_examples}")
+    for name in ("learning_rate", "weight_decay"):
+      value = getattr(self, name)
+      if not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"dropout_rate: expected a value in [0, 1), got {self.dropout_rate}")
 

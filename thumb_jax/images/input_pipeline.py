@@ -1,4 +1,8 @@
-"""Host-side data for training and embedding: fixed-size padded batches, caps, resizing, checks."""
+"""Data for training and embedding: padded batches, caps, resizing, checks, augmentation.
+
+Everything runs on the host except `augment`, which the jitted train step applies on the
+device to uint8 images.
+"""
 
 from __future__ import annotations
 
@@ -60,8 +64,11 @@ def resize_images(images: np.ndarray, image_size: int, *, batch_size: int = 512)
 
 
 def check_split(name: str, split, image_size: int) -> None:
-  """Raises ValueError unless split has uint8 images [N, S, S, 3] and labels in {+1, -1}."""
+  """Raises ValueError unless split has uint8 images [N > 0, S, S, 3] and labels in {+1, -1}."""
   shape = np.shape(split.images)
+  if len(shape) >= 1 and shape[0] == 0:
+    raise ValueError(f"dataset.{name}: the split is empty (no images); every split is needed "
+                     "(train to fit, val for the epoch metrics, test for the final ones)")
   if len(shape) != 4 or shape[1:] != (image_size, image_size, 3):
     raise ValueError(f"dataset.{name}.images: expected shape [N, {image_size}, {image_size}, 3] "
                      f"(config.image_size = {image_size}), got {shape}")
@@ -71,3 +78,36 @@ def check_split(name: str, split, image_size: int) -> None:
   if labels.shape != shape[:1] or not np.all((labels == 1) | (labels == -1)):
     raise ValueError(f"dataset.{name}.labels: expected [{shape[0]}] values in {{+1, -1}}, "
                      f"got shape {labels.shape}, values {np.unique(labels)[:5].tolist()}")
+
+
+def augment(images: jax.Array, key: jax.Array, *, crop_padding: int, flip: bool) -> jax.Array:
+  """Random crop after zero padding and random horizontal flip, per image.
+
+  Args:
+    images: uint8 [B, H, W, C].
+    key: PRNG key.
+    crop_padding: pixels of zero padding on each side before a random H x W crop (0: none).
+    flip: flip each image left-right with probability 1/2.
+
+  Returns:
+    uint8 [B, H, W, C].
+  """
+  b, h, w, c = images.shape
+  crop_key, flip_key = jax.random.split(key)
+  if crop_padding > 0:
+    p = crop_padding
+    padded = jnp.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
+    offsets = jax.random.randint(crop_key, (b, 2), 0, 2 * p + 1)
+    images = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
+        padded, offsets)
+  if flip:
+    do_flip = jax.random.bernoulli(flip_key, 0.5, (b,))
+    images = jnp.where(do_flip[:, None, None, None], images[:, :, ::-1], images)
+  return images
+
+
+def augmentation_for(config) -> dict:
+  """Keyword arguments of `augment` for the config's dataset (the usual recipe per dataset)."""
+  if not config.augment:
+    return {"crop_padding": 0, "flip": False}
+  return {"crop_padding": 4 if config.dataset == "cifar10" else 0, "flip": True}

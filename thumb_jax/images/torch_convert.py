@@ -30,6 +30,15 @@ _IGNORED_SUFFIXES = ("num_batches_tracked",)
 _IGNORED_PREFIXES = ("fc.",)
 
 
+def check_checkpoint_file(path: str | os.PathLike, *, name: str = "path") -> None:
+  """Raises FileNotFoundError, naming `name` and the path, unless `path` is a file."""
+  if not os.path.isfile(path):
+    what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+    raise FileNotFoundError(
+        f"{name}: the torchvision checkpoint {os.fspath(path)!r} {what} (expected a .pth "
+        "such as resnet34-b627a593.pth from https://download.pytorch.org/models/)")
+
+
 def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """Reads a torch checkpoint of tensors into numpy arrays (float32 for float tensors).
 
@@ -40,19 +49,23 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     {key: array}.
 
   Raises:
+    FileNotFoundError: `path` is not a file (checked first).
     ImportError: torch is not installed.
-    FileNotFoundError: `path` does not exist.
-    ValueError: the file does not hold a flat mapping of tensors.
+    ValueError: the file is not a torch checkpoint or does not hold a flat mapping of
+      tensors.
   """
+  check_checkpoint_file(path)
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(
         "load_torch_state_dict needs PyTorch to read a .pth checkpoint; install the CPU "
         "build, e.g. `pip install thumb_jax[torch]`.") from e
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"path: checkpoint file {os.fspath(path)!r} does not exist")
-  obj = torch.load(path, map_location="cpu", weights_only=True)
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as err:  # torch raises many types on a corrupt or foreign file.
+    raise ValueError(f"path: {os.fspath(path)!r} is not a readable torch checkpoint "
+                     f"({type(err).__name__}: {err})") from err
   if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
     obj = obj["state_dict"]
   if not isinstance(obj, Mapping):

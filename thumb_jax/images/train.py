@@ -148,39 +148,6 @@ def create_train_state(config: Config, model: resnet.ResNet, *, key: jax.Array,
 
 # ----------------------------------------------------------------------------- steps
 
-def augment(images: jax.Array, key: jax.Array, *, crop_padding: int, flip: bool) -> jax.Array:
-  """Random crop after zero padding and random horizontal flip, per image.
-
-  Args:
-    images: uint8 [B, H, W, C].
-    key: PRNG key.
-    crop_padding: pixels of zero padding on each side before a random H x W crop (0: none).
-    flip: flip each image left-right with probability 1/2.
-
-  Returns:
-    uint8 [B, H, W, C].
-  """
-  b, h, w, c = images.shape
-  crop_key, flip_key = jax.random.split(key)
-  if crop_padding > 0:
-    p = crop_padding
-    padded = jnp.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
-    offsets = jax.random.randint(crop_key, (b, 2), 0, 2 * p + 1)
-    images = jax.vmap(lambda im, o: jax.lax.dynamic_slice(im, (o[0], o[1], 0), (h, w, c)))(
-        padded, offsets)
-  if flip:
-    do_flip = jax.random.bernoulli(flip_key, 0.5, (b,))
-    images = jnp.where(do_flip[:, None, None, None], images[:, :, ::-1], images)
-  return images
-
-
-def augmentation_for(config: Config) -> dict:
-  """Keyword arguments of `augment` for the config's dataset (the usual recipe per dataset)."""
-  if not config.augment:
-    return {"crop_padding": 0, "flip": False}
-  return {"crop_padding": 4 if config.dataset == "cifar10" else 0, "flip": True}
-
-
 def train_step(state: TrainState, batch: Batch, key: jax.Array, *, crop_padding: int = 0,
                flip: bool = False) -> tuple[TrainState, StepMetrics]:
   """One AdamW step on the mean cross-entropy of the batch.
@@ -190,14 +157,15 @@ def train_step(state: TrainState, batch: Batch, key: jax.Array, *, crop_padding:
     batch: `Batch` with images uint8 [B, H, W, 3] and labels [B] in {+1, -1} (mask unused).
     key: the run's step key; this step uses fold_in(key, state.step) for augmentation
       and dropout.
-    crop_padding, flip: see `augment` (static; bind them with functools.partial).
+    crop_padding, flip: see `input_pipeline.augment` (static; bind them with functools.partial).
 
   Returns:
     (new state with updated params, optimizer state and batch_stats, StepMetrics).
   """
   step_key = jax.random.fold_in(key, state.step)
   aug_key, dropout_key = jax.random.split(step_key)
-  images = augment(batch.images, aug_key, crop_padding=crop_padding, flip=flip)
+  images = input_pipeline.augment(batch.images, aug_key, crop_padding=crop_padding,
+                                  flip=flip)
   x = resnet.normalize_images(images)
   targets = (batch.labels > 0).astype(jnp.int32)
 
@@ -290,7 +258,8 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset=None) -> TrainSt
   Args:
     config: a `configs.Config`.
     workdir: output folder: checkpoints/ (orbax, one per epoch, step = epoch),
-      metrics.json (per-epoch train/val metrics, final test metrics), config.json.
+      metrics.json (per-epoch train/val metrics, written before the epoch's checkpoint
+      commits, so every committed epoch has its entry; final test metrics), config.json.
     dataset: a `datasets.BinaryDataset`-like object (.train, .val, .test with .images
       uint8 [N, S, S, 3] and .labels in {+1, -1}); None loads it with `load_data(config)`.
 
@@ -298,9 +267,15 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset=None) -> TrainSt
     The final TrainState.
 
   Raises:
-    ValueError: the dataset does not fit the config, or the workdir holds checkpoints of
-      a run with another config or another number of training images.
+    ValueError: the dataset does not fit the config (an empty split included), or the
+      workdir holds checkpoints of a run with another config or another number of
+      training images.
+    FileNotFoundError: `config.init_checkpoint` is not a file.
+    FloatingPointError: a training loss or the weights at the end of an epoch are not
+      finite; the epoch is neither checkpointed nor recorded.
   """
+  if config.init_checkpoint:  # before anything is written or trained
+    torch_convert.check_checkpoint_file(config.init_checkpoint, name="config.init_checkpoint")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   io.remove_stale_temporaries(workdir)  # of JSON writes killed in an earlier run
@@ -356,7 +331,7 @@ def _train(config: Config, workdir: str, manager: ocp.CheckpointManager, *,
     state = manager.restore(start_epoch, args=ocp.args.StandardRestore(state))
   history = [h for h in saved_metrics.get("epochs", []) if h["epoch"] <= start_epoch]
 
-  train_fn, eval_fn = jitted_steps(**augmentation_for(config),
+  train_fn, eval_fn = jitted_steps(**input_pipeline.augmentation_for(config),
                                    donate=jax.default_backend() != "cpu")
 
   def record(test=None):
@@ -366,24 +341,30 @@ def _train(config: Config, workdir: str, manager: ocp.CheckpointManager, *,
 
   for epoch in range(start_epoch, config.epochs):
     perm = np.asarray(jax.random.permutation(jax.random.fold_in(keys.shuffle, epoch), n_train))
-    bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
+    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
                leave=True, dynamic_ncols=True)
     loss_sum, acc_sum, seen, t0, pending = 0.0, 0.0, 0, time.perf_counter(), None
-    for i in bar:
-      idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
-      state, metrics = train_fn(state, Batch(train_images[idx], train_labels[idx]), keys.step)
+    for i in range(steps_per_epoch + 1):
+      if i < steps_per_epoch:
+        idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
+        state, metrics = train_fn(state, Batch(train_images[idx], train_labels[idx]), keys.step)
       if pending is not None:  # read the previous step's metrics: keeps one step in flight
         m = jax.device_get(pending)
+        if not np.isfinite(float(m.loss)):
+          raise _diverged(config, workdir, epoch=epoch, step=i, steps_per_epoch=steps_per_epoch,
+                          what=f"the training loss is {float(m.loss)}")
         loss_sum, acc_sum, seen = loss_sum + float(m.loss), acc_sum + float(m.accuracy), seen + 1
-        elapsed = time.perf_counter() - t0
+        bar.update()
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{acc_sum / seen:.3f}",
-                        img_s=f"{(i * config.batch_size) / elapsed:.1f}")
+                        img_s=f"{(i * config.batch_size) / (time.perf_counter() - t0):.1f}")
       pending = metrics
-    m = jax.device_get(pending)
-    loss_sum, acc_sum, seen = loss_sum + float(m.loss), acc_sum + float(m.accuracy), seen + 1
     seconds = time.perf_counter() - t0
     bar.close()
-    manager.save(epoch + 1, args=ocp.args.StandardSave(state))
+    # The last step's update is in no loss: check the weights themselves before saving them.
+    weights = jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))
+    if not all(np.isfinite(a).all() for a in weights):
+      raise _diverged(config, workdir, epoch=epoch, step=steps_per_epoch, steps_per_epoch=
+                      steps_per_epoch, what="the weights are not finite after the last step")
     val = evaluate(eval_fn, state, dataset.val, batch_size=config.eval_batch_size)
     history.append({"epoch": epoch + 1, "step": int(state.step), "train_loss": loss_sum / seen,
                     "train_accuracy": acc_sum / seen, "seconds": seconds,
@@ -392,9 +373,28 @@ def _train(config: Config, workdir: str, manager: ocp.CheckpointManager, *,
     tqdm.write(f"epoch {epoch + 1}: train loss {loss_sum / seen:.4f}, val accuracy "
                f"{val['accuracy']:.4f}, val err+ {val['err_plus']:.4f}, err- "
                f"{val['err_minus']:.4f} ({seconds:.0f} s)")
-    manager.wait_until_finished()
+    # Metrics first: a run killed before the checkpoint commits resumes from the previous
+    # one and replaces them; one killed after the commit finds them.
     record()
+    manager.save(epoch + 1, args=ocp.args.StandardSave(state))
+    manager.wait_until_finished()
 
   test = evaluate(eval_fn, state, dataset.test, batch_size=config.eval_batch_size)
   record(test)
   return state
+
+
+def _diverged(config: Config, workdir: str, *, epoch: int, step: int, steps_per_epoch: int,
+              what: str) -> FloatingPointError:
+  """The error that stops a diverged run: where, with which hyperparameters, what is kept."""
+  kept = (f"{workdir} keeps those of epochs up to {epoch}" if epoch
+          else f"{workdir} holds no checkpoint")
+  return FloatingPointError(
+      f"training diverged: {what} at epoch {epoch + 1}/{config.epochs}, step "
+      f"{step}/{steps_per_epoch} (global step {epoch * steps_per_epoch + step}), with "
+      f"learning_rate={config.learning_rate}, weight_decay={config.weight_decay}, "
+      f"cosine_schedule={config.cosine_schedule}, batch_size={config.batch_size}, "
+      f"dtype={config.dtype}, seed={config.seed}, init_checkpoint={config.init_checkpoint}. "
+      f"No checkpoint or metrics of epoch {epoch + 1} were written ({kept}). Lower the "
+      f"learning rate{'' if config.dtype == 'float32' else ' or compute in float32'} and "
+      "start again in a new workdir.")
