@@ -15,9 +15,7 @@ import json
 import os
 import sys
 
-import jax
-
-from thumb_jax import io
+from thumb_jax import devices, io
 from thumb_jax.images import configs, embeddings, torch_convert, train
 
 # Config fields a flag may override, with their help text; each defaults to the --config's.
@@ -106,6 +104,7 @@ def main(argv: list[str] | None = None, *, dataset=None) -> dict:
     dataset: a `datasets.BinaryDataset`-like object to use instead of loading one (tests).
   """
   args = _parser().parse_args(argv)
+  devices.initialize()  # multi-host: JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
   config = config_from_args(args)
   workdir = os.path.abspath(args.workdir)
   if config.init_checkpoint:  # before the data is loaded
@@ -137,8 +136,9 @@ def main(argv: list[str] | None = None, *, dataset=None) -> dict:
   with open(os.path.join(workdir, "metrics.json")) as f:
     test = json.load(f)["test"]
   summary = {"checkpoint_hash": checkpoint_hash, "embeddings": files, "test": test,
-             "backend": jax.default_backend()}
-  io.write_json(os.path.join(workdir, "summary.json"), summary)
+             **devices.describe()}
+  if devices.is_main_process():
+    io.write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 

@@ -73,3 +73,42 @@ def test_two_processes_give_the_one_process_answer():
   for row in rows:
     assert (int(row[1]), int(row[2]), int(row[3])) == (2, 2, 7)
     np.testing.assert_allclose(float(row[-1]), float(single[-1]), rtol=1e-5, atol=1e-5)
+
+
+_TRAIN_STEP = textwrap.dedent("""
+    import thumb_jax
+    import jax, jax.numpy as jnp, numpy as np
+    from thumb_jax import devices
+    from thumb_jax.images import configs, input_pipeline, train
+
+    config = configs.tiny()
+    model = train.create_model(config)
+    # threefry keys: their random bits do not depend on how the computation is sharded.
+    key = jax.random.key(0, impl="threefry2x32")
+    state = train.create_train_state(config, model, key=key, steps_per_epoch=4)
+    rng = np.random.default_rng(0)
+    batch = train.Batch(rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
+                        np.where(np.arange(8) % 3 == 0, 1, -1).astype(np.int32))
+    step, _ = train.jitted_steps(**input_pipeline.augmentation_for(config))
+    sharded, m1 = step(state, devices.global_batch(batch), jax.random.key(1, impl="threefry2x32"))
+    one = jax.devices()[0]
+    single, m2 = step(jax.device_put(state, one), jax.device_put(batch, one),
+                      jax.device_put(jax.random.key(1, impl="threefry2x32"), one))
+    diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+               for a, b in zip(jax.tree.leaves(sharded.params), jax.tree.leaves(single.params)))
+    leaf = jax.tree.leaves(state.params)[0]
+    print("RESULT", jax.device_count(), len(leaf.sharding.device_set), diff,
+          abs(float(m1.loss) - float(m2.loss)))
+""")
+
+
+def test_sharded_train_step_equals_one_device_step():
+  """Data parallel: the global batch split over 4 devices, the state replicated."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  done = subprocess.run([sys.executable, "-c", _TRAIN_STEP], env=env, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  (row,) = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("RESULT")]
+  assert int(row[0]) == 4 and int(row[1]) == 4        # 4 devices, parameters on all of them
+  assert float(row[2]) < 1e-5 and float(row[3]) < 1e-5

@@ -152,11 +152,41 @@ def sharded_vmap(fn: Callable, *, in_axes: Any = 0, mesh_: Mesh | None = None,
   return call
 
 
-def local_batch(x: np.ndarray) -> np.ndarray:
-  """This process's contiguous share of axis 0 (for data a process reads on its own)."""
-  count, index = jax.process_count(), jax.process_index()
-  per = -(-x.shape[0] // count)
-  return x[index * per:(index + 1) * per]
+def replicate(tree, *, mesh_: Mesh | None = None):
+  """Every leaf on every device of the mesh (parameters, optimizer state)."""
+  sharding = NamedSharding(mesh_ if mesh_ is not None else mesh(), P())
+  return jax.tree_util.tree_map(lambda x: _replicate(x, sharding), tree)
+
+
+def check_divisible(name: str, size: int) -> None:
+  """A global batch must split evenly over the devices (training is never padded)."""
+  if size % jax.device_count():
+    raise ValueError(f"{name}: {size} must be a multiple of the {jax.device_count()} devices "
+                     f"({jax.process_count()} processes) it is split over")
+
+
+def process_rows(size: int) -> slice:
+  """The rows of a global batch of `size` that this process reads and feeds."""
+  per = size // jax.process_count()
+  return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+
+
+def global_batch(local_tree, *, mesh_: Mesh | None = None):
+  """A global batch sharded on axis 0 from each process's rows (`process_rows`).
+
+  In one process this is `device_put` with the batch sharding; across processes each
+  process passes only its own rows (`jax.make_array_from_process_local_data`).
+  """
+  sharding = NamedSharding(mesh_ if mesh_ is not None else mesh(), P(BATCH))
+  if jax.process_count() == 1:
+    return jax.device_put(local_tree, sharding)
+  return jax.tree_util.tree_map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_tree)
+
+
+def is_main_process() -> bool:
+  """Process 0 writes checkpoints' companions, caches and results; others only compute."""
+  return jax.process_index() == 0
 
 
 def tree_size(tree) -> int:

@@ -18,9 +18,10 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from thumb_jax import io
+from thumb_jax import devices, io
 from thumb_jax.embedding_files import cache_field
 from thumb_jax.images import resnet
 from thumb_jax.images.input_pipeline import padded_batches
@@ -69,15 +70,19 @@ def extract_embeddings(state_or_variables, model: resnet.ResNet, images: np.ndar
   """
   if np.ndim(images) != 4 or np.shape(images)[-1] != 3:
     raise ValueError(f"images: expected shape [N, H, W, 3], got {np.shape(images)}")
-  variables = _variables(state_or_variables)
-  embed = jax.jit(_embed, static_argnums=0)
+  variables = devices.replicate(_variables(state_or_variables))
+  embed = jax.jit(_embed, static_argnums=0,
+                  out_shardings=NamedSharding(devices.mesh(), PartitionSpec()))
+  rows = devices.process_rows(batch_size)
+  devices.check_divisible("batch_size", batch_size)
   out = np.empty((len(images), model.latent_dim), np.float32)
   start = 0
   batches = padded_batches((images,), batch_size)
   for (chunk,), mask in tqdm(batches, desc=f"embeddings of {len(images)} images", unit="batch",
                              total=-(-len(images) // batch_size), leave=False):
     m = int(mask.sum())
-    out[start:start + m] = np.asarray(embed(model, variables, chunk))[:m]
+    out[start:start + m] = np.asarray(embed(model, variables,
+                                            devices.global_batch(chunk[rows])))[:m]
     start += m
   return out
 
@@ -149,10 +154,11 @@ def cached_embeddings(cache_dir: str | os.PathLike, *, dataset: str, split: str,
     raise ValueError(f"compute_fn: expected labels [{emb.shape[0]}], got {labels.shape}")
   provenance = json.loads(io.dumps(dict(result.provenance or {})))
   extra = {} if result.index is None else {"index": np.asarray(result.index)}
-  io.write_npz(path, {"embeddings": emb, "labels": labels,
-                      "key": np.asarray(json.dumps(key, sort_keys=True)),
-                      "provenance": np.asarray(json.dumps(provenance, sort_keys=True)),
-                      **extra})
+  if devices.is_main_process():  # one writer; every process computed the same arrays
+    io.write_npz(path, {"embeddings": emb, "labels": labels,
+                        "key": np.asarray(json.dumps(key, sort_keys=True)),
+                        "provenance": np.asarray(json.dumps(provenance, sort_keys=True)),
+                        **extra})
   return Embeddings(emb, labels, provenance, extra.get("index"))
 
 

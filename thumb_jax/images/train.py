@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from thumb_jax import io, platform
+from thumb_jax import devices, io, platform
 from thumb_jax.images import configs, datasets, input_pipeline, resnet, torch_convert
 from thumb_jax.images.configs import Config
 
@@ -143,7 +143,7 @@ def create_train_state(config: Config, model: resnet.ResNet, *, key: jax.Array,
   # Python int; arrays committed to the device, as orbax restores them): jit's cache key
   # includes both, so otherwise a resumed run compiles the train step again.
   state = state.replace(step=jnp.zeros((), jnp.int32))
-  return jax.device_put(state, jax.local_devices()[0])
+  return devices.replicate(state)  # data parallel: the state on every device
 
 
 # ----------------------------------------------------------------------------- steps
@@ -233,10 +233,11 @@ def evaluate(eval_fn, state: TrainState, split, *, batch_size: int) -> dict[str,
   """Loss, accuracy and the per-class errors err_plus / err_minus of a split."""
   total = None
   batches = input_pipeline.padded_batches((split.images, split.labels), batch_size)
+  rows = devices.process_rows(batch_size)
   for (images, labels), mask in tqdm(batches, desc=f"eval on {len(split.labels)} images",
                                      unit="batch", total=-(-len(split.labels) // batch_size),
                                      leave=False):
-    sums = eval_fn(state, Batch(images, labels, mask))
+    sums = eval_fn(state, devices.global_batch(Batch(images[rows], labels[rows], mask[rows])))
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
   t = EvalSums(*(float(v) for v in jax.device_get(total)))
   err_plus = t.errors_plus / max(t.count_plus, 1.0)
@@ -296,7 +297,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset=None) -> TrainSt
       if os.path.exists(metrics_path):
         with open(metrics_path) as f:
           saved_metrics = json.load(f)
-    else:
+    elif devices.is_main_process():
       io.write_json(config_path, config.to_dict())
     return _train(config, workdir, manager, start_epoch=start_epoch,
                   saved_metrics=saved_metrics, dataset=dataset)
@@ -318,6 +319,8 @@ def _train(config: Config, workdir: str, manager: ocp.CheckpointManager, *,
   train_labels = np.asarray(dataset.train.labels)
   n_train = len(train_labels)
   steps_per_epoch = n_train // config.batch_size
+  devices.check_divisible("config.batch_size", config.batch_size)
+  devices.check_divisible("config.eval_batch_size", config.eval_batch_size)
   if steps_per_epoch == 0:
     raise ValueError(f"config.batch_size: {config.batch_size} is larger than the "
                      f"{n_train} training images")
@@ -335,10 +338,13 @@ def _train(config: Config, workdir: str, manager: ocp.CheckpointManager, *,
                                    donate=jax.default_backend() != "cpu")
 
   def record(test=None):
+    if not devices.is_main_process():
+      return
     io.write_json(os.path.join(workdir, "metrics.json"),
                   {"config": config.to_dict(), "n_train": n_train,
                    "steps_per_epoch": steps_per_epoch, "epochs": history, "test": test})
 
+  rows = devices.process_rows(config.batch_size)  # this process's share of each batch
   for epoch in range(start_epoch, config.epochs):
     perm = np.asarray(jax.random.permutation(jax.random.fold_in(keys.shuffle, epoch), n_train))
     bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
@@ -346,8 +352,9 @@ def _train(config: Config, workdir: str, manager: ocp.CheckpointManager, *,
     loss_sum, acc_sum, seen, t0, pending = 0.0, 0.0, 0, time.perf_counter(), None
     for i in range(steps_per_epoch + 1):
       if i < steps_per_epoch:
-        idx = perm[i * config.batch_size:(i + 1) * config.batch_size]
-        state, metrics = train_fn(state, Batch(train_images[idx], train_labels[idx]), keys.step)
+        idx = perm[i * config.batch_size:(i + 1) * config.batch_size][rows]
+        batch = devices.global_batch(Batch(train_images[idx], train_labels[idx]))
+        state, metrics = train_fn(state, batch, keys.step)
       if pending is not None:  # read the previous step's metrics: keeps one step in flight
         m = jax.device_get(pending)
         if not np.isfinite(float(m.loss)):
