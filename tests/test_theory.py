@@ -12,6 +12,10 @@ from thumb_jax.metrics import ClassErrors
 SYM2 = GaussianMixture.symmetric(pi_plus=0.1, mean_norm=2.0)
 SYM1 = GaussianMixture.symmetric(pi_plus=0.1, mean_norm=1.0)
 
+# Shared compiled searches: tests call them with the same shapes ([3] deltas) to reuse them.
+_OPTIMAL = jax.jit(theory.optimal_weight, static_argnames="objective")
+_EQUAL = jax.jit(theory.equal_error_weight)
+
 
 @pytest.mark.parametrize("mix,delta,weight,err_plus,err_minus", [
     (SYM2, 0.1, 9.0, 0.051, 0.034),
@@ -117,7 +121,7 @@ def test_population_limit_prior_ratio_equalizes(x64):
 def test_finite_delta_minority_error_exceeds_majority_at_prior_ratio():
   e = theory.class_errors(SYM2, jnp.array([0.05, 0.2, 0.5, 0.9]), 9.0)
   assert np.all(e.err_plus > e.err_minus)
-  opt = jax.jit(theory.equal_error_weight)(SYM2, jnp.array([0.02, 0.05, 0.1]))
+  opt = _EQUAL(SYM2, jnp.array([0.02, 0.05, 0.1]))
   assert np.all(opt.weight > 9.0)                  # the equalizing weight grows with delta
   assert np.all(np.diff(opt.weight) > 0)
 
@@ -156,15 +160,15 @@ def test_downsampling_is_balanced_problem_at_scaled_delta():
   np.testing.assert_allclose(got, want, rtol=1e-6)
   # delta' = 0.2 / 0.2 -> past 1 at ridge 0: interpolator limit, finite.
   inter = theory.downsampled_class_errors(mix, 0.3)
-  np.testing.assert_allclose(inter, theory.interpolator_class_errors(mix._replace(pi_plus=0.5), 1.5),
+  want = theory.interpolator_class_errors(mix._replace(pi_plus=0.5), 1.5)
+  np.testing.assert_allclose(inter, want,
                              rtol=1e-6)
 
 
 @pytest.mark.parametrize("objective", ["worst", "balanced"])
 def test_optimal_weight_beats_dense_grid(x64, objective):
   deltas = jnp.array([0.02, 0.2, 0.6])
-  opt = jax.jit(theory.optimal_weight, static_argnames="objective")(SYM1, deltas,
-                                                                    objective=objective)
+  opt = _OPTIMAL(SYM1, deltas, objective=objective)
   grid = jnp.logspace(-2, 4, 20001)
   e = theory.class_errors(SYM1, deltas[:, None], grid)
   value = e.worst if objective == "worst" else e.balanced
@@ -192,14 +196,14 @@ def test_weight_searches_survive_underflowing_errors():
   """At |mu| = 20 float32 errors are exactly 0 for every weight; the log-space search still
   finds the float64 optimum (a flat zero objective would return the grid's lower end)."""
   mix = GaussianMixture.symmetric(pi_plus=0.1, mean_norm=20.0)
-  deltas = jnp.array([0.1, 0.5])
+  deltas = jnp.array([0.1, 0.3, 0.5])
   with jax.enable_x64(True):
-    want = jax.jit(theory.optimal_weight)(mix, deltas)
-    want_equal = jax.jit(theory.equal_error_weight)(mix, deltas)
-  got = jax.jit(theory.optimal_weight)(mix, deltas)
+    want = _OPTIMAL(mix, deltas, objective="worst")
+    want_equal = _EQUAL(mix, deltas)
+  got = _OPTIMAL(mix, deltas, objective="worst")
   assert np.all(np.asarray(got.err_plus) == 0) and np.all(np.asarray(got.err_minus) == 0)
   np.testing.assert_allclose(got.weight, want.weight, rtol=0.01)
-  got_equal = jax.jit(theory.equal_error_weight)(mix, deltas)
+  got_equal = _EQUAL(mix, deltas)
   np.testing.assert_allclose(got_equal.weight, want_equal.weight, rtol=0.01)
   # The log objective ranks like the objective where nothing underflows.
   errs = theory.class_errors(SYM1, 0.3, jnp.logspace(-1, 3, 50))
@@ -211,7 +215,7 @@ def test_weight_searches_survive_underflowing_errors():
 
 
 def test_equal_error_weight_equalizes():
-  opt = jax.jit(theory.equal_error_weight)(SYM1, jnp.array([0.01, 0.1, 0.3]))
+  opt = _EQUAL(SYM1, jnp.array([0.01, 0.1, 0.3]))
   ok = np.isfinite(opt.weight)
   assert ok[0]
   np.testing.assert_allclose(opt.err_plus[ok], opt.err_minus[ok], atol=1e-5)
@@ -239,6 +243,13 @@ def test_theory_sweep_compiles_once():
     (lambda: theory.optimal_weight(SYM1, 0.5, objective="median"), "objective"),
     (lambda: theory.interpolator_class_errors(SYM1, 0.5), "delta"),
     (lambda: GaussianMixture(0.1, 1.0, 1.0, 2.0).validate(), "mean_inner"),
+    (lambda: theory.class_errors(SYM1, 0.5, np.inf), "weight"),
+    (lambda: theory.class_errors(SYM1, 0.5, 1.0, ridge=np.nan), "ridge"),
+    (lambda: theory.optimal_weight(SYM1, 0.5, log10_range=(2.0, 1.0)), "log10_range"),
+    (lambda: theory.optimal_weight(SYM1, 0.5, grid_size=1), "grid_size"),
+    (lambda: theory.optimal_weight(SYM1, 0.5, refine_size=1), "refine_size"),
+    (lambda: theory.equal_error_weight(SYM1, 0.5, log10_range=(0.0, 0.0)), "log10_range"),
+    (lambda: mixture.sample(jax.random.key(0), SYM1, n=10), "d"),
 ])
 def test_bad_inputs_raise(call, match):
   with pytest.raises(ValueError, match=match):
@@ -252,3 +263,39 @@ def test_bad_inputs_under_jit_give_nan():
   assert np.all(np.isnan(f(SYM1, 0.5, 1.0, -0.1)))         # ridge < 0
   assert np.all(np.isnan(f(SYM1._replace(pi_plus=1.5), 0.5, 1.0, 0.0)))
   assert np.all(np.isfinite(f(SYM1, 0.5, 1.0, 0.0)))
+
+
+def test_counts_round_half_up():
+  """One rounding rule for the repo: halves go up (Python's round would give 2 and 4)."""
+  assert [mixture.round_half_up(v) for v in (2.5, 4.5, 2.4999, -0.5)] == [3, 5, 2, 0]
+  assert mixture.round_half_up(0.35 * 10) == 4             # 3.4999999999999996 is a half
+  np.testing.assert_array_equal(mixture.round_half_up(np.array([0.5, 1.5])), [1, 2])
+  assert mixture.class_counts(10, 0.25) == (3, 7)
+  assert mixture.class_counts(18, 0.25) == (5, 13)        # 4.5 -> 5
+  assert mixture.class_counts(10, 0.01) == (1, 9)         # at least one row per class
+
+
+def test_power_law_mixture_and_sample():
+  """The builder's Mahalanobis size, commuting and diagonal variants; `sample` takes both specs."""
+  key = jax.random.key(3)
+  mix = mixture.power_law_mixture(key, d=12, pi_plus=0.3, power_plus=1.0, power_minus=0.5,
+                                  mahalanobis_sq=4.0, mean_alignment=0.5)
+  pooled = 0.3 * mix.cov_plus + 0.7 * mix.cov_minus
+  dmu = mix.mean_plus - mix.mean_minus
+  np.testing.assert_allclose(dmu @ np.linalg.solve(pooled, dmu), 4.0, rtol=1e-10)
+  np.testing.assert_allclose(np.linalg.eigvalsh(mix.cov_plus)[::-1],
+                             mixture.power_law_spectrum(12, 1.0), rtol=1e-8)
+  assert np.abs(mix.cov_plus @ mix.cov_minus - mix.cov_minus @ mix.cov_plus).max() > 1e-3
+  shared = mixture.power_law_mixture(key, d=12, pi_plus=0.3, power_plus=1.0, power_minus=0.5,
+                                     mahalanobis_sq=4.0, commuting=True)
+  np.testing.assert_allclose(shared.cov_plus @ shared.cov_minus,
+                             shared.cov_minus @ shared.cov_plus, atol=1e-10)
+  diag = mixture.power_law_mixture(key, d=12, pi_plus=0.3, power_plus=1.0, mahalanobis_sq=4.0,
+                                   rotate=False)
+  np.testing.assert_array_equal(diag.cov_plus, np.diag(mixture.power_law_spectrum(12, 1.0)))
+  np.testing.assert_array_equal(diag.cov_minus, diag.cov_plus)
+  x, y = mixture.sample(key, mix, n=20)
+  chex.assert_shape(x, (20, 12))
+  assert int(jnp.sum(y > 0)) == mixture.class_counts(20, 0.3)[0]
+  with pytest.raises(ValueError, match="d"):
+    mixture.sample(key, mix, n=20, d=5)

@@ -1,26 +1,15 @@
 """Per-class errors for general class covariances (THEORY.md, "General class covariances").
 
-Model: x | y = k ~ N(mu_k, Sigma_k), k in {+, -}, any positive (semi-)definite Sigma_k,
-which need not commute. Estimator: the class-weighted ridge least-squares last layer of
-`thumb_jax.lls` with (c_+, c_-) = (weight, 1) and penalty ridge * n * |w|^2.
+Model: x | y = k ~ N(mu_k, Sigma_k), k in {+, -}, any positive (semi-)definite Sigma_k
+(`thumb_jax.mixture.CovarianceMixture`). Estimator: the class-weighted ridge least-squares
+last layer of `thumb_jax.lls` with (c_+, c_-) = (weight, 1) and penalty ridge * n * |w|^2.
 
-Three ways to evaluate the deterministic equivalents, all through `class_errors`:
-
-  * `CovarianceMixture` (general path): dense matrices; every fixed-point step is a
-    Cholesky factorization plus triangular solves, O(d^3).
-  * `Diagonalized` (fast path (a)): the covariances are diagonal in a shared basis and
-    the mixture is given by eigenvalues and the means' coordinates; O(d) per step.
-  * `prepare(mixture)` (fast path (b)): one-time decomposition into a `Diagonalized`.
-    If the covariances commute it finds their common orthonormal eigenbasis and every
-    ridge is exact. Otherwise it uses the generalized eigenbasis V of the pencil
-    (Sigma_+, Sigma_-), V' Sigma_- V = I, V' Sigma_+ V = diag(lam): then
-        Qbar = (a_+ Sigma_+ + a_- Sigma_-)^-1 = V diag(1 / (a_+ lam + a_-)) V'
-    exactly, so every trace and quadratic form of THEORY.md is a sum over the
-    coordinates u -> V'u. With ridge > 0 the extra term ridge I becomes
-    ridge V'V, which is diagonal only if the covariances commute: the generalized
-    basis is then exact for ridge = 0 only, and `class_errors` refuses ridge > 0 on it
-    (NaN under jit); use the `CovarianceMixture` for that.
-
+`class_errors` evaluates the deterministic equivalents on one of two forms:
+  * `CovarianceMixture`: dense matrices, O(d^3) per fixed-point step (every ridge);
+  * `Diagonalized` (from `prepare`, or `from_eigenbasis` for covariances given in a shared
+    eigenbasis): O(d) per step. `prepare` finds a common orthonormal eigenbasis when the
+    covariances commute (every ridge exact), else the generalized eigenbasis of the pencil
+    (Sigma_+, Sigma_-), exact for ridge 0 only (THEORY.md, "Derivations: general covariances").
 Estimated mixtures plug in with one call:
     class_errors(prepare(from_samples(x, y, shrinkage=None)), n=..., weight=...).
 
@@ -30,7 +19,8 @@ Nothing here is jitted; callers apply `jax.jit` / `jax.vmap`, e.g.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,59 +28,26 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import log_ndtr, ndtr
 
-from thumb_jax import _checks, metrics
-from thumb_jax import mixture as iso_mixture
-from thumb_jax.lls import LastLayer
+from thumb_jax import _checks, metrics, weight_search
 from thumb_jax.metrics import ClassErrors
-from thumb_jax.theory import OptimalWeight, search_log_weight
+from thumb_jax.mixture import CovarianceMixture, ShrunkCovariance, from_samples, shrunk_covariance
+from thumb_jax.theory import IsotropicPlugIn, isotropic_plug_in
+from thumb_jax.weight_search import OptimalWeight
+
+# Public names (some live in mixture / theory and stay reachable here).
+__all__ = ["CovarianceMixture", "Diagonalized", "GeneralErrors", "IsotropicPlugIn",
+           "OptimalWeight", "ShrunkCovariance", "class_errors", "from_eigenbasis", "from_samples",
+           "isotropic_plug_in", "optimal_weight", "prepare", "shrunk_covariance"]
 
 # ---------------------------------------------------------------------------------------
 # Specs.
 
 
-class CovarianceMixture(NamedTuple):
-  """Two-class Gaussian mixture with full class covariances (a pytree).
-
-  Attributes:
-    pi_plus: prior of the minority class +1, in (0, 1).
-    mean_plus: mu_+ [d].
-    mean_minus: mu_- [d].
-    cov_plus: Sigma_+ [d, d], symmetric positive semi-definite.
-    cov_minus: Sigma_- [d, d], symmetric positive semi-definite.
-  """
-  pi_plus: float
-  mean_plus: jax.Array
-  mean_minus: jax.Array
-  cov_plus: jax.Array
-  cov_minus: jax.Array
-
-  @property
-  def dim(self) -> int:
-    return int(np.shape(self.mean_plus)[-1])
-
-  def validate(self) -> "CovarianceMixture":
-    """Raises ValueError naming the field if a concrete value is invalid."""
-    _checks.open_interval("pi_plus", self.pi_plus, 0.0, 1.0)
-    _checks.shape("mean_plus", self.mean_plus, (None,), "[d]")
-    d = np.shape(self.mean_plus)[0]
-    _checks.shape("mean_minus", self.mean_minus, (d,), f"[{d}] (as mean_plus)")
-    for name in ("cov_plus", "cov_minus"):
-      cov = getattr(self, name)
-      _checks.shape(name, cov, (d, d), f"[{d}, {d}] (d from mean_plus)")
-      _check_psd(name, cov)
-    return self
-
-
 class Diagonalized(NamedTuple):
-  """The mixture in coordinates V that make Sigma_+ and Sigma_- diagonal.
+  """The mixture in coordinates V with V' Sigma_k V = diag(var_k) (means mapped u -> V'u).
 
-  With u -> V'u applied to the means, V' Sigma_k V = diag(var_k). If V is orthonormal
-  (a shared eigenbasis U of commuting covariances: fast path (a), `from_eigenbasis`, or
-  `prepare` when they commute) then
-      (ridge I + a_+ Sigma_+ + a_- Sigma_-)^-1 = V diag(1 / (ridge + a_+ var_plus
-                                                           + a_- var_minus)) V'
-  for every ridge. The generalized eigenbasis of non-commuting covariances has V'V not
-  diagonal, and the identity holds for ridge = 0 only (ridge_exact False).
+  Exact for every ridge when V is orthonormal, for ridge 0 only otherwise (THEORY.md,
+  "Derivations: general covariances").
 
   Attributes:
     pi_plus: prior of class +1.
@@ -112,7 +69,7 @@ class Diagonalized(NamedTuple):
   def dim(self) -> int:
     return int(np.shape(self.var_plus)[-1])
 
-  def validate(self) -> "Diagonalized":
+  def validate(self) -> Diagonalized:
     """Raises ValueError naming the field if a concrete value is invalid."""
     _checks.open_interval("pi_plus", self.pi_plus, 0.0, 1.0)
     _checks.shape("var_plus", self.var_plus, (None,), "[d]")
@@ -126,7 +83,7 @@ class Diagonalized(NamedTuple):
 
 
 def from_eigenbasis(*, pi_plus, eig_plus, eig_minus, mean_plus, mean_minus) -> Diagonalized:
-  """Fast path (a): Sigma_k = U diag(eig_k) U' with one orthonormal U.
+  """Sigma_k = U diag(eig_k) U' with one orthonormal U, given in that basis.
 
   Args:
     pi_plus: prior of class +1.
@@ -142,169 +99,17 @@ def from_eigenbasis(*, pi_plus, eig_plus, eig_minus, mean_plus, mean_minus) -> D
                       eig_plus, jnp.asarray(eig_minus, dtype), jnp.asarray(True)).validate()
 
 
-def _check_psd(name: str, cov) -> None:
-  """Symmetric and positive semi-definite, up to float32-level rounding."""
-  if not _checks.is_concrete(cov):
-    return
-  c = np.asarray(cov, np.float64)
-  scale = max(np.abs(c).max(), np.finfo(np.float64).tiny)
-  if not np.all(np.isfinite(c)):
-    raise ValueError(f"{name}: expected finite entries")
-  if np.abs(c - c.T).max() > 1e-5 * scale:
-    raise ValueError(f"{name}: expected a symmetric matrix, max |C - C'| = "
-                     f"{np.abs(c - c.T).max():.3g}")
-  low = np.linalg.eigvalsh(0.5 * (c + c.T))[0]
-  if low < -1e-5 * scale:
-    raise ValueError(f"{name}: expected a positive semi-definite matrix, smallest "
-                     f"eigenvalue {low:.3g}")
-
-
 # ---------------------------------------------------------------------------------------
-# Sampling, exact errors of a given layer, plug-in estimates.
-
-
-def sample(key: jax.Array, mixture: CovarianceMixture, *, n: int,
-           fixed_counts: bool = True) -> tuple[jax.Array, jax.Array]:
-  """Draws n labelled points x = mu_y + L_y z, Sigma_y = L_y L_y' (Cholesky).
-
-  With fixed_counts the first n_+ = round(pi_plus n) rows are class +1 and the rest -1
-  (as `thumb_jax.mixture.sample`); otherwise labels are Bernoulli(pi_plus). The
-  covariances must be positive definite (NaN rows otherwise).
-
-  Args:
-    key: PRNG key.
-    mixture: CovarianceMixture (pi_plus a Python float when fixed_counts).
-    n: number of samples (static).
-    fixed_counts: deterministic class counts if True.
-
-  Returns:
-    (x [n, d], y [n]) with y in {+1., -1.}.
-  """
-  key_y, key_z = jax.random.split(key)
-  dtype = jnp.result_type(float)
-  mean_p, mean_m, cov_p, cov_m = (jnp.asarray(v, dtype) for v in mixture[1:])
-  d = mean_p.shape[0]
-  z = jax.random.normal(key_z, (n, d), dtype)
-  chol_p, chol_m = jnp.linalg.cholesky(cov_p), jnp.linalg.cholesky(cov_m)
-  if fixed_counts:
-    if not isinstance(mixture.pi_plus, (int, float)):
-      raise ValueError("pi_plus: fixed_counts=True needs a Python float pi_plus "
-                       "(class counts are static shapes); use fixed_counts=False to trace it")
-    n_plus, _ = iso_mixture.class_counts(n, mixture.pi_plus)
-    y = jnp.where(jnp.arange(n) < n_plus, 1.0, -1.0).astype(dtype)
-    x = jnp.concatenate([mean_p + z[:n_plus] @ chol_p.T, mean_m + z[n_plus:] @ chol_m.T])
-  else:
-    y = jnp.where(jax.random.bernoulli(key_y, mixture.pi_plus, (n,)), 1.0, -1.0).astype(dtype)
-    x = jnp.where((y > 0)[:, None], mean_p + z @ chol_p.T, mean_m + z @ chol_m.T)
-  return x, y
-
-
-def layer_class_errors(layer: LastLayer, mixture: CovarianceMixture) -> ClassErrors:
-  """Exact test errors of sign(w.x + b) under x | y = k ~ N(mu_k, Sigma_k).
-
-      err_+ = Phi(-(w.mu_+ + b) / sqrt(w' Sigma_+ w)),
-      err_- = Phi( (w.mu_- + b) / sqrt(w' Sigma_- w)).
-
-  Args:
-    layer: LastLayer with w [..., d], b [...].
-    mixture: CovarianceMixture.
-
-  Returns:
-    ClassErrors with shapes [...].
-  """
-  w = layer.w
-  sd_p = jnp.sqrt(jnp.einsum("...i,ij,...j->...", w, mixture.cov_plus, w))
-  sd_m = jnp.sqrt(jnp.einsum("...i,ij,...j->...", w, mixture.cov_minus, w))
-  err_p = ndtr(-(w @ mixture.mean_plus + layer.b) / sd_p)
-  err_m = ndtr((w @ mixture.mean_minus + layer.b) / sd_m)
-  return ClassErrors(err_p, err_m)
-
-
-class ShrunkCovariance(NamedTuple):
-  """Shrinkage covariance estimate (1 - s) S + s (tr S / d) I."""
-  cov: jax.Array        # [d, d]
-  shrinkage: jax.Array  # s in [0, 1]
-
-
-def shrunk_covariance(x: jax.Array, *, shrinkage=None) -> ShrunkCovariance:
-  """Ledoit-Wolf shrinkage of the sample covariance towards a multiple of I.
-
-  S = Xc' Xc / n (Xc: centred rows, 1/n normalization as scikit-learn), target
-  mu I with mu = tr S / d. Without `shrinkage` the Ledoit-Wolf (2004) estimate
-      s = min(b2, d2) / d2,  d2 = |S - mu I|_F^2 / d,
-      b2 = (1 / (d n^2)) sum_i |xc_i xc_i' - S|_F^2
-         = (1 / (d n)) ((1/n) sum_i |xc_i|^4 - |S|_F^2),
-  the same as `sklearn.covariance.ledoit_wolf`.
-
-  Args:
-    x: samples [n, d] (n >= 2).
-    shrinkage: fixed s in [0, 1], or None for Ledoit-Wolf.
-
-  Returns:
-    ShrunkCovariance(cov [d, d], shrinkage []).
-  """
-  _checks.shape("x", x, (None, None), "[n, d]")
-  n, d = np.shape(x)
-  if n < 2:
-    raise ValueError(f"x: expected at least 2 rows, got {n}")
-  if shrinkage is not None:
-    _checks.nonnegative("shrinkage", shrinkage)
-    if _checks.is_concrete(shrinkage) and np.any(np.asarray(shrinkage) > 1):
-      raise ValueError(f"shrinkage: expected a value in [0, 1], got {shrinkage}")
-  x = jnp.asarray(x, jnp.result_type(float))
-  xc = x - jnp.mean(x, axis=0)
-  emp = xc.T @ xc / n
-  mu = jnp.trace(emp) / d
-  if shrinkage is None:
-    frob2 = jnp.sum(emp ** 2)
-    d2 = (frob2 - 2 * mu * jnp.trace(emp) + d * mu ** 2) / d
-    b2 = (jnp.sum(jnp.sum(xc ** 2, axis=1) ** 2) / n - frob2) / (d * n)
-    b2 = jnp.minimum(b2, d2)
-    shrinkage = jnp.where(d2 > 0, b2 / jnp.where(d2 > 0, d2, 1.0), 0.0)
-  shrinkage = jnp.asarray(shrinkage, x.dtype)
-  cov = (1 - shrinkage) * emp + shrinkage * mu * jnp.eye(d, dtype=x.dtype)
-  return ShrunkCovariance(cov, shrinkage)
-
-
-def from_samples(x: jax.Array, y: jax.Array, *, shrinkage=None) -> CovarianceMixture:
-  """Plug-in CovarianceMixture: class frequencies, class means, shrunk class covariances.
-
-  Args:
-    x: features [n, d] (concrete).
-    y: labels [n] in {+1, -1} (concrete), both classes present (at least 2 rows each).
-    shrinkage: passed to `shrunk_covariance` (None: Ledoit-Wolf per class).
-
-  Returns:
-    CovarianceMixture with a Python-float pi_plus.
-  """
-  _checks.shape("x", x, (None, None), "[n, d]")
-  _checks.shape("y", y, (np.shape(x)[0],), f"[{np.shape(x)[0]}]")
-  _checks.labels("y", y)
-  y = np.asarray(y)
-  x = jnp.asarray(x, jnp.result_type(float))
-  plus, minus = x[y > 0], x[y < 0]
-  return CovarianceMixture(
-      float(np.mean(y > 0)), jnp.mean(plus, 0), jnp.mean(minus, 0),
-      shrunk_covariance(plus, shrinkage=shrinkage).cov,
-      shrunk_covariance(minus, shrinkage=shrinkage).cov)
-
-
-# ---------------------------------------------------------------------------------------
-# One-time decomposition (fast path (b)).
+# One-time decomposition.
 
 
 def prepare(mixture: CovarianceMixture, *, commute_tol=None) -> Diagonalized:
   """Simultaneous diagonalization of (Sigma_+, Sigma_-); O(d^3) once.
 
-  1. Common eigenbasis: U from eigh(Sigma_- / t_- + phi Sigma_+ / t_+) with t_k = tr Sigma_k
-     and phi the golden ratio (a generic combination: its eigenvectors are common
-     eigenvectors whenever the covariances commute, barring exact coincidences). If
-     U' Sigma_k U is diagonal up to `commute_tol` (relative Frobenius norm of the
-     off-diagonal part), return the orthonormal form: every ridge is exact.
-  2. Otherwise the generalized eigenbasis: Sigma_- = L L' (Cholesky; needs Sigma_-
-     positive definite), L^-1 Sigma_+ L^-T = W diag(lam) W', V = L^-T W, so that
-     V' Sigma_- V = I, V' Sigma_+ V = diag(lam). Exact for ridge = 0 only
-     (ridge_exact = False), since V'V is then not diagonal.
+  A common orthonormal eigenbasis when the covariances commute (up to `commute_tol`, the
+  relative Frobenius norm of the off-diagonal part; every ridge exact), else the generalized
+  eigenbasis of the pencil (needs Sigma_- positive definite; ridge 0 only, ridge_exact False).
+  THEORY.md, "Derivations: general covariances".
 
   Args:
     mixture: CovarianceMixture.
@@ -438,17 +243,9 @@ def _solve2(m, r):
 def _fixed_point(traces: Callable, coeffs: Callable, *, max_iter: int, tol, damping):
   """Solves e = F(e), F_k(e) = (1/n) tr(Sigma_k Qbar(a(e))) (THEORY.md step 1).
 
-  The Jacobian of F is exactly the matrix Omega of step 4:
-      dF_k/de_l = (1/n) tr(Sigma_k Qbar Sigma_l Qbar) * b_l,  b_l = -da_l/de_l
-                = pi_l c_l^2 / (1 + c_l e_l)^2,
-  and its traces are computed alongside F anyway, so each step is a damped Newton step
-      e <- e + damping * ((I - Omega)^-1 (F(e) - e)),
-  which falls back to the damped plain step e <- e + damping (F(e) - e) whenever
-  Newton would leave e > 0. Plain iteration converges only at the rate of the
-  spectral radius of Omega, which tends to 1 as delta -> 1 without ridge (and for
-  small ridge with delta > 1); Newton takes a handful of steps everywhere.
-  Started at e = 0 (F(0) is finite for ridge > 0, or ridge 0 with positive
-  definite covariances). Stops when max_k |e_k - F_k| / F_k <= tol.
+  Damped Newton from e = 0 with the Jacobian Omega that the traces give for free, falling
+  back to a damped plain step where Newton would leave e > 0; stops when
+  max_k |e_k - F_k| / F_k <= tol (THEORY.md, "Derivations: general covariances").
 
   Returns:
     (e [2] with NaN where not converged, [iterations, residual, converged] as floats).
@@ -544,12 +341,23 @@ def _class_errors(form, n, weight, ridge, *, max_iter, tol, damping) -> GeneralE
                        keep(log_ndtr(z_p)), keep(log_ndtr(z_m)))
 
 
-def _check_args(mixture, *, n, weight, ridge, max_iter=1, damping=1.0) -> None:
+def _default_tol():
+  return 1e-5 if jnp.result_type(float) == jnp.float32 else 1e-10
+
+
+def _check_args(mixture, *, n, weight, ridge, max_iter=1, damping=1.0, scalar=True) -> None:
   """ValueError naming the argument for invalid concrete inputs of `class_errors`."""
   if not isinstance(mixture, (CovarianceMixture, Diagonalized)):
     raise ValueError(f"mixture: expected a CovarianceMixture or Diagonalized, "
                      f"got {type(mixture).__name__}")
   mixture.validate()
+  for name, value in (("n", n), ("weight", weight), ("ridge", ridge)):
+    if scalar and np.ndim(value) != 0:
+      # An array would broadcast against the class axis [2] of the fixed point.
+      raise ValueError(f"{name}: expected a scalar, got shape {np.shape(value)}; vmap "
+                       f"class_errors over {name} for a sweep")
+    if _checks.is_concrete(value) and not np.all(np.isfinite(np.asarray(value, float))):
+      raise ValueError(f"{name}: expected finite values, got {np.asarray(value).tolist()}")
   _checks.positive("weight", weight)
   _checks.nonnegative("ridge", ridge)
   _checks.positive("n", n)
@@ -592,17 +400,17 @@ def class_errors(mixture: CovarianceMixture | Diagonalized, *, n, weight, ridge=
     argument is invalid under jit).
 
   Raises:
-    ValueError (concrete inputs): invalid mixture, weight <= 0, ridge < 0, n <= 0,
-    n <= d with ridge = 0, ridge > 0 on an inexact Diagonalized.
+    ValueError: n, weight or ridge not a scalar; (concrete inputs) invalid mixture, a
+    non-finite n, weight or ridge, weight <= 0, ridge < 0, n <= 0, n <= d with ridge = 0,
+    ridge > 0 on an inexact Diagonalized.
   """
   _check_args(mixture, n=n, weight=weight, ridge=ridge, max_iter=max_iter, damping=damping)
-  if tol is None:
-    tol = 1e-5 if jnp.result_type(float) == jnp.float32 else 1e-10
+  tol = _default_tol() if tol is None else tol
   return _class_errors(mixture, n, weight, ridge, max_iter=max_iter, tol=tol, damping=damping)
 
 
 # ---------------------------------------------------------------------------------------
-# Optimal weight and the isotropic plug-in.
+# Optimal weight.
 
 
 def optimal_weight(mixture: CovarianceMixture | Diagonalized, *, n, ridge=0.0,
@@ -611,82 +419,27 @@ def optimal_weight(mixture: CovarianceMixture | Diagonalized, *, n, ridge=0.0,
                    max_iter: int = 100, tol=None) -> OptimalWeight:
   """argmin over weight of the worst-class (or balanced) error, general covariances.
 
-  `thumb_jax.theory.search_log_weight` (a dense log grid, robust to the non-convexity in
-  the weight, then `refine_rounds` local grids) on the log objective, as
-  `thumb_jax.theory.optimal_weight`; broadcasts over n and ridge (one search per pair).
+  The search of `thumb_jax.weight_search.best_weight` (as `thumb_jax.theory.optimal_weight`),
+  broadcast over n and ridge (one search per pair).
 
   Returns:
     OptimalWeight with the broadcast shape of (n, ridge); NaN where every grid point is
     NaN (no converged fixed point, or invalid input under jit).
   """
-  if objective not in metrics.OBJECTIVES:
-    raise ValueError(f"objective: expected one of {list(metrics.OBJECTIVES)}, got {objective!r}")
-  _check_args(mixture, n=n, weight=1.0, ridge=ridge, max_iter=max_iter)
-  if tol is None:
-    tol = 1e-5 if jnp.result_type(float) == jnp.float32 else 1e-10
-  errors_at = lambda n, weight, ridge: _class_errors(mixture, n, weight, ridge,
-                                                     max_iter=max_iter, tol=tol, damping=1.0)
-
-  def log_objective(errs):
-    # Searched in log space (metrics.log_objective): the same argmin, no underflow.
-    return metrics.log_objective(ClassErrors(errs.log_err_plus, errs.log_err_minus), objective)
+  metrics.check_objective(objective)
+  weight_search.check_search(log10_range=log10_range, grid_size=grid_size,
+                             refine_size=refine_size, refine_rounds=refine_rounds)
+  _check_args(mixture, n=n, weight=1.0, ridge=ridge, max_iter=max_iter, scalar=False)
+  tol = _default_tol() if tol is None else tol
 
   def one(n, ridge):
-    best = search_log_weight(
-        lambda log_w: log_objective(jax.vmap(lambda w: errors_at(n, w, ridge))(10.0 ** log_w)),
-        log10_range=log10_range, grid_size=grid_size, refine_size=refine_size,
-        refine_rounds=refine_rounds)
-    errs = errors_at(n, 10.0 ** best, ridge)
-    weight = jnp.where(jnp.isfinite(log_objective(errs)), 10.0 ** best, jnp.nan)
-    return OptimalWeight(weight, errs.err_plus, errs.err_minus, metrics.objective(errs, objective))
+    def errors_fn(weights):
+      errs = jax.vmap(lambda w: _class_errors(mixture, n, w, ridge, max_iter=max_iter, tol=tol,
+                                              damping=1.0))(weights)
+      return (ClassErrors(errs.err_plus, errs.err_minus),
+              ClassErrors(errs.log_err_plus, errs.log_err_minus))
+    return weight_search.best_weight(errors_fn, objective=objective, log10_range=log10_range,
+                                     grid_size=grid_size, refine_size=refine_size,
+                                     refine_rounds=refine_rounds)
 
-  dtype = jnp.result_type(float)
-  # jnp.vectorize can return a plain tuple (when a broadcast axis has size 1 in every input).
-  return OptimalWeight(*jnp.vectorize(one)(jnp.asarray(n, dtype), jnp.asarray(ridge, dtype)))
-
-
-class IsotropicPlugIn(NamedTuple):
-  """An isotropic stand-in for a CovarianceMixture (see `isotropic_plug_in`)."""
-  mixture: iso_mixture.GaussianMixture
-  d_eff: jax.Array            # participation ratio of the pooled covariance
-
-
-def isotropic_plug_in(mixture: CovarianceMixture) -> IsotropicPlugIn:
-  """The isotropic mixture that reproduces the population limit of the general one.
-
-  Pooled within-class covariance Sigma = pi_+ Sigma_+ + pi_- Sigma_-, effective dimension
-  d_eff = (tr Sigma)^2 / tr(Sigma^2), noise scale s^2 = tr Sigma / d_eff = tr(Sigma^2) / tr Sigma
-  (the eigenvalue average weighted by the eigenvalues).
-
-  Matching rule: with delta -> 0, weight 1 and ridge 0 the general theory has
-  Qbar = Sigma^-1 (e = 0), the mean scores depend on Delta^2 = dmu' Sigma^-1 dmu only and the
-  score variances are K^2 v_k with v_k = dmu' Sigma^-1 Sigma_k Sigma^-1 dmu, sum_k pi_k v_k = Delta^2.
-  The isotropic theory has Qbar = I / s^2 (pooled s^2 = sum pi_k s_k^2), mean scores in
-  D2 / s^2 and score variances K^2 D2 s_k^2 / s^4. Equating both,
-      D2 = s^2 Delta^2,   s_k^2 = s^2 v_k / Delta^2,
-  so the plug-in has exactly the general mixture's population per-class errors (and its
-  Mahalanobis signal-to-noise Delta^2), the noise scale s^2 sets the size of the ridge
-  relative to the features, and the finite-sample correction is the isotropic one at
-  delta_eff = d_eff / n. The means are placed symmetrically (mu_- = -mu_+, |mu_+|^2 = D2 / 4):
-  everything is invariant to a common shift of the means. Using the raw |dmu|^2 instead
-  would measure the signal in Euclidean units, which misstates the signal-to-noise
-  ratio whenever the mean difference is not spread evenly over the spectrum.
-
-  Returns:
-    IsotropicPlugIn(GaussianMixture, d_eff) (float fields; concrete input).
-  """
-  mixture.validate()
-  pi = float(mixture.pi_plus)
-  cov_p = np.asarray(mixture.cov_plus, np.float64)
-  cov_m = np.asarray(mixture.cov_minus, np.float64)
-  dmu = np.asarray(mixture.mean_plus, np.float64) - np.asarray(mixture.mean_minus, np.float64)
-  pooled = pi * cov_p + (1 - pi) * cov_m
-  d_eff = np.trace(pooled) ** 2 / np.sum(pooled * pooled)
-  s2 = np.trace(pooled) / d_eff
-  whitened = np.linalg.solve(pooled, dmu)                   # Sigma^-1 dmu
-  delta2 = dmu @ whitened
-  v_p, v_m = whitened @ cov_p @ whitened, whitened @ cov_m @ whitened
-  d2 = s2 * delta2
-  iso = iso_mixture.GaussianMixture(pi, d2 / 4, d2 / 4, -d2 / 4,
-                                    float(s2 * v_p / delta2), float(s2 * v_m / delta2))
-  return IsotropicPlugIn(iso, float(d_eff))
+  return weight_search.vectorized(one, n, ridge)

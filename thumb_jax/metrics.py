@@ -41,13 +41,18 @@ def balanced_error(errors: ClassErrors):
 OBJECTIVES = ("worst", "balanced")
 
 
+def check_objective(objective) -> str:
+  """Returns `objective` if it is one of OBJECTIVES, else raises ValueError naming it."""
+  if not isinstance(objective, str) or objective not in OBJECTIVES:
+    raise ValueError(f"objective: expected one of {list(OBJECTIVES)}, got {objective!r}")
+  return objective
+
+
 def objective(errors: ClassErrors, objective: str):
   """The worst-class or balanced error (`objective`, one of OBJECTIVES)."""
-  if objective == "worst":
+  if check_objective(objective) == "worst":
     return worst_class_error(errors)
-  if objective == "balanced":
-    return balanced_error(errors)
-  raise ValueError(f"objective: expected one of {list(OBJECTIVES)}, got {objective!r}")
+  return balanced_error(errors)
 
 
 def log_objective(log_errors: ClassErrors, objective: str):
@@ -64,30 +69,42 @@ def log_objective(log_errors: ClassErrors, objective: str):
   Returns:
     log worst-class error or log balanced error, broadcast shape.
   """
-  if objective == "worst":
+  if check_objective(objective) == "worst":
     return jnp.maximum(log_errors.err_plus, log_errors.err_minus)
-  if objective == "balanced":
-    return jnp.logaddexp(log_errors.err_plus, log_errors.err_minus) - jnp.log(2.0)
-  raise ValueError(f"objective: expected one of {list(OBJECTIVES)}, got {objective!r}")
+  return jnp.logaddexp(log_errors.err_plus, log_errors.err_minus) - jnp.log(2.0)
 
 
 def gaussian_class_errors(layer: LastLayer, mu_plus: jax.Array, mu_minus: jax.Array, *,
-                          var_plus=1.0, var_minus=1.0) -> ClassErrors:
-  """Exact test errors of sign(w.x + b) under x | y ~ N(mu_y, s_y^2 I) (THEORY.md).
+                          var_plus=1.0, var_minus=1.0, cov_plus: jax.Array | None = None,
+                          cov_minus: jax.Array | None = None) -> ClassErrors:
+  """Exact test errors of sign(w.x + b) under x | y = k ~ N(mu_k, Sigma_k) (THEORY.md).
 
-      err_+ = Phi(-(w.mu_+ + b) / (s_+ |w|)),   err_- = Phi((w.mu_- + b) / (s_- |w|)).
+      err_+ = Phi(-(w.mu_+ + b) / sqrt(w' Sigma_+ w)),
+      err_- = Phi( (w.mu_- + b) / sqrt(w' Sigma_- w)).
+
+  Sigma_k is s_k^2 I (var_k a scalar, THEORY.md's model), diag(var_k) (var_k [d]), or the
+  full cov_k [d, d] when given (for a `mixture.CovarianceMixture` m:
+  `gaussian_class_errors(layer, m.mean_plus, m.mean_minus, cov_plus=m.cov_plus,
+  cov_minus=m.cov_minus)`).
 
   Args:
     layer: LastLayer with w [..., d], b [...].
     mu_plus, mu_minus: class means [d].
-    var_plus, var_minus: per-coordinate class variances s_+^2, s_-^2.
+    var_plus, var_minus: class variances, scalars or [d] (ignored where cov_k is given).
+    cov_plus, cov_minus: optional full class covariances [d, d].
 
   Returns:
     ClassErrors with shapes [...].
   """
-  norm = jnp.linalg.norm(layer.w, axis=-1)
-  err_plus = ndtr(-(layer.w @ mu_plus + layer.b) / (jnp.sqrt(var_plus) * norm))
-  err_minus = ndtr((layer.w @ mu_minus + layer.b) / (jnp.sqrt(var_minus) * norm))
+  w = layer.w
+
+  def spread(var, cov):
+    if cov is not None:
+      return jnp.sqrt(jnp.einsum("...i,ij,...j->...", w, cov, w))
+    return jnp.sqrt(jnp.sum(w * w * var, axis=-1))
+
+  err_plus = ndtr(-(w @ mu_plus + layer.b) / spread(var_plus, cov_plus))
+  err_minus = ndtr((w @ mu_minus + layer.b) / spread(var_minus, cov_minus))
   return ClassErrors(err_plus, err_minus)
 
 

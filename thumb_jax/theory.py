@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import log_ndtr, ndtr
 
-from thumb_jax import _checks
-from thumb_jax import metrics
+from thumb_jax import _checks, metrics, weight_search
 from thumb_jax.metrics import ClassErrors
-from thumb_jax.mixture import GaussianMixture
+from thumb_jax.mixture import CovarianceMixture, GaussianMixture
+from thumb_jax.weight_search import OptimalWeight
 
 
 class Asymptotics(NamedTuple):
@@ -45,7 +45,8 @@ def resolvent(delta, tau_plus, tau_minus, pi_plus, ridge, *, newton_steps: int =
   Newton started left of the root (m0 = 1 / (ridge + sum pi_k tau_k), where
   g(m0) <= m0 sum pi_k tau_k gives h(m0) <= 0) climbs monotonically to it.
   With ridge = 0 it is the quadratic
-      tau_+ tau_- delta (1 - delta) m^2 + (pi_+ tau_+ + pi_- tau_- - (tau_+ + tau_-) delta) m - 1 = 0,
+      A m^2 + B m - 1 = 0,  A = tau_+ tau_- delta (1 - delta),
+      B = pi_+ tau_+ + pi_- tau_- - (tau_+ + tau_-) delta,
   whose positive root 2 / (B + sqrt(B^2 + 4A)) we use in closed form (NaN for delta >= 1).
   """
   pi_minus = 1.0 - pi_plus
@@ -115,6 +116,9 @@ def _asymptotics(mixture: GaussianMixture, delta, weight, ridge, *,
 
 def _check(mixture, delta, weight, ridge):
   mixture.validate()
+  for name, value in (("delta", delta), ("weight", weight), ("ridge", ridge)):
+    if _checks.is_concrete(value) and not np.all(np.isfinite(np.asarray(value, float))):
+      raise ValueError(f"{name}: expected finite values, got {np.asarray(value).tolist()}")
   _checks.positive("delta", delta)
   _checks.positive("weight", weight)
   _checks.nonnegative("ridge", ridge)
@@ -189,45 +193,6 @@ def prior_ratio(pi_plus):
   return (1.0 - jnp.asarray(pi_plus)) / jnp.asarray(pi_plus)
 
 
-class OptimalWeight(NamedTuple):
-  """A chosen weight with its predicted per-class errors and objective value."""
-  weight: jax.Array
-  err_plus: jax.Array
-  err_minus: jax.Array
-  value: jax.Array           # objective at `weight`
-
-
-def search_log_weight(objective_fn, *, log10_range: tuple[float, float], grid_size: int,
-                      refine_size: int, refine_rounds: int) -> jax.Array:
-  """argmin over log10(weight) of a scalar objective, robust to non-convexity (pure).
-
-  A dense grid of `grid_size` points over `log10_range` finds the basin (the objectives
-  here can be U-shaped or flat); each of `refine_rounds` rounds then evaluates
-  `refine_size` points between the neighbours of the best point so far. The refinement
-  rounds run in a `lax.fori_loop`, so `objective_fn` is traced twice (for the two grid
-  sizes), not once per round.
-
-  Args:
-    objective_fn: log10 weights [G] -> objective values [G] (NaN where undefined).
-    log10_range, grid_size, refine_size, refine_rounds: the search (see above).
-
-  Returns:
-    The best log10 weight, a scalar (meaningless where every value is NaN: callers check).
-  """
-  lo, hi = log10_range
-  grid = jnp.linspace(lo, hi, grid_size)
-  best = grid[jnp.nanargmin(objective_fn(grid))]
-
-  def refine(_, carry):
-    best, step = carry
-    grid = jnp.clip(best + jnp.linspace(-step, step, refine_size), lo, hi)
-    return grid[jnp.nanargmin(objective_fn(grid))], 2.0 * step / (refine_size - 1)
-
-  best, _ = jax.lax.fori_loop(0, refine_rounds, refine,
-                              (best, jnp.asarray((hi - lo) / (grid_size - 1), grid.dtype)))
-  return best
-
-
 def optimal_weight(mixture: GaussianMixture, delta, ridge=0.0, objective: str = "worst", *,
                    log10_range: tuple[float, float] = (-2.0, 4.0), grid_size: int = 512,
                    refine_size: int = 64, refine_rounds: int = 2) -> OptimalWeight:
@@ -249,8 +214,9 @@ def optimal_weight(mixture: GaussianMixture, delta, ridge=0.0, objective: str = 
     OptimalWeight with the broadcast shape of (delta, ridge). NaN where the theory
     is undefined (ridge = 0 with delta >= 1 under jit).
   """
-  if objective not in metrics.OBJECTIVES:
-    raise ValueError(f"objective: expected one of {list(metrics.OBJECTIVES)}, got {objective!r}")
+  metrics.check_objective(objective)
+  weight_search.check_search(log10_range=log10_range, grid_size=grid_size,
+                             refine_size=refine_size, refine_rounds=refine_rounds)
   _check(mixture, delta, 1.0, ridge)
   if _checks.is_concrete(delta, ridge) and np.any(
       (np.asarray(ridge) == 0) & (np.asarray(delta) >= 1)):
@@ -258,21 +224,14 @@ def optimal_weight(mixture: GaussianMixture, delta, ridge=0.0, objective: str = 
                      f"ignores the weight), got delta={np.asarray(delta).tolist()}")
 
   def one(delta, ridge):
-    # Searched in log space (metrics.log_objective): the same argmin, no underflow.
-    best = search_log_weight(
-        lambda log_w: metrics.log_objective(
-            _asymptotics(mixture, delta, 10.0 ** log_w, ridge).log_errors, objective),
-        log10_range=log10_range, grid_size=grid_size, refine_size=refine_size,
-        refine_rounds=refine_rounds)
-    asym = _asymptotics(mixture, delta, 10.0 ** best, ridge)
-    errs = asym.errors
-    ok = jnp.isfinite(metrics.log_objective(asym.log_errors, objective))
-    weight = jnp.where(ok, 10.0 ** best, jnp.nan)
-    return OptimalWeight(weight, errs.err_plus, errs.err_minus, metrics.objective(errs, objective))
+    def errors_fn(weights):
+      asym = _asymptotics(mixture, delta, weights, ridge)
+      return asym.errors, asym.log_errors
+    return weight_search.best_weight(errors_fn, objective=objective, log10_range=log10_range,
+                                     grid_size=grid_size, refine_size=refine_size,
+                                     refine_rounds=refine_rounds)
 
-  # jnp.vectorize can return a plain tuple (when a broadcast axis has size 1 in every input).
-  return OptimalWeight(*jnp.vectorize(one)(jnp.asarray(delta, jnp.result_type(float)),
-                                           jnp.asarray(ridge, jnp.result_type(float))))
+  return weight_search.vectorized(one, delta, ridge)
 
 
 def equal_error_weight(mixture: GaussianMixture, delta, ridge=0.0, *,
@@ -289,6 +248,7 @@ def equal_error_weight(mixture: GaussianMixture, delta, ridge=0.0, *,
     OptimalWeight (value = the common error), broadcast over (delta, ridge).
   """
   _check(mixture, delta, 1.0, ridge)
+  weight_search.check_search(log10_range=log10_range, grid_size=grid_size)
   lo, hi = log10_range
 
   def one(delta, ridge):
@@ -317,6 +277,38 @@ def equal_error_weight(mixture: GaussianMixture, delta, ridge=0.0, *,
                          jnp.where(exists, e.err_plus, nan), jnp.where(exists, e.err_minus, nan),
                          jnp.where(exists, 0.5 * (e.err_plus + e.err_minus), nan))
 
-  # jnp.vectorize can return a plain tuple (when a broadcast axis has size 1 in every input).
-  return OptimalWeight(*jnp.vectorize(one)(jnp.asarray(delta, jnp.result_type(float)),
-                                           jnp.asarray(ridge, jnp.result_type(float))))
+  return weight_search.vectorized(one, delta, ridge)
+
+
+class IsotropicPlugIn(NamedTuple):
+  """An isotropic stand-in for a CovarianceMixture (see `isotropic_plug_in`)."""
+  mixture: GaussianMixture
+  d_eff: jax.Array            # participation ratio of the pooled covariance
+
+
+def isotropic_plug_in(mixture: CovarianceMixture) -> IsotropicPlugIn:
+  """The isotropic mixture with the general one's population per-class errors.
+
+  Pooled within-class covariance Sigma = pi_+ Sigma_+ + pi_- Sigma_-, effective dimension
+  d_eff = (tr Sigma)^2 / tr(Sigma^2) (its participation ratio), noise scale s^2 = tr Sigma / d_eff,
+  D2 = s^2 dmu' Sigma^-1 dmu and per-class variances matched to the score variances
+  (THEORY.md, "Derivations: general covariances").
+
+  Returns:
+    IsotropicPlugIn(GaussianMixture, d_eff) (float fields; concrete input).
+  """
+  mixture.validate()
+  pi = float(mixture.pi_plus)
+  cov_p = np.asarray(mixture.cov_plus, np.float64)
+  cov_m = np.asarray(mixture.cov_minus, np.float64)
+  dmu = np.asarray(mixture.mean_plus, np.float64) - np.asarray(mixture.mean_minus, np.float64)
+  pooled = pi * cov_p + (1 - pi) * cov_m
+  d_eff = np.trace(pooled) ** 2 / np.sum(pooled * pooled)
+  s2 = np.trace(pooled) / d_eff
+  whitened = np.linalg.solve(pooled, dmu)                   # Sigma^-1 dmu
+  delta2 = dmu @ whitened
+  v_p, v_m = whitened @ cov_p @ whitened, whitened @ cov_m @ whitened
+  d2 = s2 * delta2
+  iso = GaussianMixture(pi, d2 / 4, d2 / 4, -d2 / 4,
+                                    float(s2 * v_p / delta2), float(s2 * v_m / delta2))
+  return IsotropicPlugIn(iso, float(d_eff))
