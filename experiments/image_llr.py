@@ -25,29 +25,29 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import ticker
 
 from experiments import common
-from thumb_jax import metrics, mixture, retrain
+from thumb_jax import embedding_files, metrics, retrain, subsample
 
 DATASETS = ("cifar10", "celeba")
-COLORS = {"unweighted": "tab:orange", "prior_ratio": "tab:gray", "theory": "tab:blue",
+COLORS = {"unweighted": "tab:orange", "prior_ratio": "tab:gray", "theory_ambient": "tab:blue",
           "theory_participation": "tab:cyan", "theory_pool": "tab:purple",
           "downsample": "tab:green", "grid_oracle": "black"}
 LABELS = {"unweighted": "weight 1", "prior_ratio": r"prior ratio $n_-/n_+$",
-          "theory": "theory (plug-in on the subsample)",
+          "theory_ambient": r"theory (plug-in on the subsample, $\delta = d/n$)",
           "theory_participation": r"theory, $d_{eff}$ = participation ratio",
           "theory_pool": "theory (plug-in on the pool)",
           "downsample": "downsample majority", "grid_oracle": "grid oracle (test, hindsight)"}
-TABLE_METHODS = ("prior_ratio", "theory", "theory_participation", "theory_pool", "downsample",
-                 "unweighted", "grid_oracle")
+TABLE_METHODS = ("prior_ratio", "theory_ambient", "theory_participation", "theory_pool",
+                 "downsample", "unweighted", "grid_oracle")
 # Methods compared with the prior ratio, paired over the same subsamples.
-VERSUS_PRIOR = ("theory", "theory_participation", "theory_pool", "downsample")
+VERSUS_PRIOR = ("theory_ambient", "theory_participation", "theory_pool", "downsample")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,7 @@ class Config:
   weight_high: float = 1000.0
   ridge: float | None = None          # None: retrain.default_ridge
   objective: str = "worst"            # of the theory weights: worst | balanced
-  dimension: str = "ambient"          # d_eff of the theory methods: ambient | participation
+  dimension: str = "ambient"          # d_eff of theory_pool: ambient | participation
   curve_panels: int = 3               # sizes shown in errors_vs_weight.png
   batch_size: int = 8
   seed: int = 0
@@ -95,32 +95,6 @@ def check_config(cfg: Config) -> None:
                      f"{cfg.weight_low}, {cfg.weight_high}")
 
 
-def choose_sizes(y_pool: np.ndarray, *, num_sizes: int, min_size: int | None = None,
-                 max_size: int | None = None) -> np.ndarray:
-  """Log-spaced sizes from the smallest feasible n (2 rows per class) to the pool.
-
-  Args:
-    y_pool: [N] in {+1, -1}.
-    num_sizes: sizes requested (fewer after rounding duplicates away).
-    min_size, max_size: bounds (None: smallest feasible, the whole pool).
-
-  Returns:
-    int sizes [S], ascending, each accepted by `retrain.size_counts`.
-  """
-  n_pool = y_pool.shape[0]
-  pi = float(np.mean(y_pool > 0))
-  if min_size is None:
-    min_size = next((n for n in range(4, n_pool + 1)
-                     if min(mixture.class_counts(n, pi)) >= 2), n_pool)
-  max_size = n_pool if max_size is None else max_size
-  if not 4 <= min_size <= max_size <= n_pool:
-    raise ValueError(f"min_size, max_size: expected 4 <= min_size <= max_size <= {n_pool} "
-                     f"(the pool), got {min_size}, {max_size}")
-  sizes = np.unique(np.round(np.geomspace(min_size, max_size, num_sizes)).astype(int))
-  retrain.size_counts(y_pool, sizes)      # raises if a size keeps < 2 rows of a class
-  return sizes
-
-
 # ----------------------------------------------------------------------------- summaries
 
 
@@ -147,12 +121,12 @@ def summarize(result: retrain.RetrainResult, dim: int, pool_size: int) -> dict:
   for name in retrain.METHODS:
     m = getattr(result.methods, name)
     methods[name] = {
+        "defined_fraction": np.mean(m.defined, axis=1),
         "weight": ci_dict(m.weight), "weight_geometric": geometric_ci_dict(m.weight),
         "err_plus": ci_dict(m.errors.err_plus), "err_minus": ci_dict(m.errors.err_minus),
         "worst": ci_dict(m.errors.worst), "balanced": ci_dict(m.errors.balanced),
         "predicted_worst": _nanmean(np.maximum(m.predicted.err_plus, m.predicted.err_minus)),
     }
-  methods["theory"]["defined_fraction"] = np.mean(result.defined, axis=1)
   # Paired over the same subsamples: prior ratio minus method (> 0: the method is better).
   versus = {}
   for name in VERSUS_PRIOR:
@@ -208,7 +182,8 @@ def csv_rows(summary: dict) -> list[dict]:
 
 def table(summary: dict) -> str:
   """Worst-class test error per size and method, and each theory method vs the prior ratio."""
-  short = {"prior_ratio": "prior", "theory": "theory", "theory_participation": "th_partic",
+  short = {"prior_ratio": "prior", "theory_ambient": "th_ambient",
+           "theory_participation": "th_partic",
            "theory_pool": "th_pool", "downsample": "downsample", "unweighted": "weight 1",
            "grid_oracle": "oracle"}
   head = (f"{'n':>6} {'delta':>6} " + " ".join(f"{short[m]:>10}" for m in TABLE_METHODS)
@@ -288,7 +263,7 @@ def plot_errors_vs_weight(summary: dict, panels: int, title: str):
       _band(ax, weights, {s: v[i] for s, v in grid[key].items()}, color=color,
             label=f"{name}, measured")
       ax.plot(weights, overlay[key][i], "--", color=color, lw=1, label=f"{name}, plug-in theory")
-    for method, style in (("prior_ratio", ":"), ("theory", "-"), ("theory_pool", "-.")):
+    for method, style in (("prior_ratio", ":"), ("theory_ambient", "-"), ("theory_pool", "-.")):
       ax.axvline(summary["methods"][method]["weight_geometric"]["mean"][i],
                  color=COLORS[method], ls=style, lw=1,
                  label=f"{LABELS[method]} (geometric mean weight)")
@@ -307,7 +282,7 @@ def plot_errors_vs_weight(summary: dict, panels: int, title: str):
 def plot_weights_vs_n(summary: dict, title: str):
   """(c) The weights the methods choose against n (mean and 95% band over repeats)."""
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
-  for method in ("prior_ratio", "theory", "theory_participation", "theory_pool",
+  for method in ("prior_ratio", "theory_ambient", "theory_participation", "theory_pool",
                  "grid_oracle"):
     _band(ax, summary["n"], summary["methods"][method]["weight_geometric"],
           color=COLORS[method], label=LABELS[method],
@@ -330,8 +305,8 @@ def run(cfg: Config, out) -> dict:
   out = common.ensure_dir(out)
   timings: dict = {}
   with common.stopwatch(timings, "load"):
-    data = retrain.load_retraining_data(cfg.embeddings, dataset=cfg.dataset)
-    sizes = choose_sizes(data.y_pool, num_sizes=cfg.num_sizes, min_size=cfg.min_size,
+    data = embedding_files.load_retraining_data(cfg.embeddings, dataset=cfg.dataset)
+    sizes = subsample.default_sizes(data.y_pool, num_sizes=cfg.num_sizes, min_size=cfg.min_size,
                          max_size=cfg.max_size)
   dim = data.x_pool.shape[1]
   with common.stopwatch(timings, "sweep"):

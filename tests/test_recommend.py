@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from thumb_jax import GaussianMixture, cli, mixture, recommend, theory
+from thumb_jax import GaussianMixture, cli, io, mixture, plug_in, recommend, theory
 
 # Unequal class variances and a 1:4 imbalance; D2 = |mu_+ - mu_-|^2 = 4.
 MIX = GaussianMixture(pi_plus=0.2, mean_plus_sq=1.0, mean_minus_sq=1.0, mean_inner=-1.0,
@@ -26,7 +26,7 @@ def test_stats_recover_mixture_as_n_grows(x64):
   (sd of D2: 1.3 at n = 128, 0.2 at n = 4096; of tr/d: 0.08 and 0.011; of PR: 0.36 and 0.01).
   """
   d = 32
-  stats = jax.jit(recommend.plug_in_stats, static_argnames="effective_rank")
+  stats = jax.jit(plug_in.plug_in_stats, static_argnames="effective_rank")
   for n, tol_d2, tol_var, tol_pr in [(128, 5.2, 0.32, 1.5), (4096, 0.8, 0.045, 0.05)]:
     x, y = _draw(1, n, d)
     s = stats(jnp.asarray(x), jnp.asarray(y > 0))
@@ -50,7 +50,7 @@ def test_participation_ratio_is_debiased_for_power_law_spectrum():
     z = np.random.default_rng(seed).standard_normal((n, d)) * np.sqrt(lam)
     y = np.where(np.arange(n) < n // 4, 1.0, -1.0)
     x = z + 0.5 * y[:, None]
-    s = recommend.plug_in_stats(jnp.asarray(x, jnp.float32), jnp.asarray(y > 0))
+    s = plug_in.plug_in_stats(jnp.asarray(x, jnp.float32), jnp.asarray(y > 0))
     debiased.append(float(s.participation))
     xc = np.concatenate([x[y > 0] - x[y > 0].mean(0), x[y < 0] - x[y < 0].mean(0)])
     ev = np.linalg.eigvalsh(xc.T @ xc)
@@ -125,7 +125,7 @@ def test_recommendation_fields_and_dimensions():
   assert 20 < rank.dimension <= 40
   balanced = recommend.recommend_weight(x, y, ridge=1e-3, objective="balanced")
   assert balanced.objective == "balanced" and balanced.weight > 0
-  report = json.loads(json.dumps(cli._strict(prior.as_dict()), allow_nan=False))
+  report = json.loads(io.dumps(prior.as_dict()))
   assert report["bootstrap"]["interval"] == [None, None]
 
 
@@ -212,7 +212,7 @@ def test_cli_writes_report(tmp_path, capsys):
   printed = capsys.readouterr().out
   assert "recommended minority weight" in printed and "delta_eff" in printed
   saved = json.loads(out.read_text())
-  assert saved == json.loads(json.dumps(cli._strict(report)))
+  assert saved == json.loads(io.dumps(report))
   rec = saved["recommendation"]
   assert rec["labels"] == {"plus (minority)": 3, "minus (majority)": 8}
   assert rec["count_plus"] == 100 and len(rec["bootstrap"]["weights"]) == 24
@@ -236,22 +236,14 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
   with pytest.raises(SystemExit):
     cli.main(["recommend", "--features", str(tmp_path / "bad.npz"), "--features-key", "feats"])
   assert "only one" in capsys.readouterr().err
-
-
-def test_embedding_loader_accepts_documented_and_cache_names(tmp_path):
-  from thumb_jax import retrain
-  rng = np.random.default_rng(0)
-  for split in ("train", "val"):
-    np.savez(tmp_path / f"{split}.npz", embeddings=rng.standard_normal((20, 4)),
-             labels=rng.integers(0, 2, 20))
-  # The images.embeddings cache name, with alternative array names.
-  np.savez(tmp_path / f"cifar_test_d4_{'0' * 16}.npz", x=rng.standard_normal((10, 4)),
-           y=rng.integers(0, 2, 10))
-  data = retrain.load_embedding_splits(str(tmp_path))
-  assert data["val"][0].shape == (20, 4) and data["test"][1].shape == (10,)
-  np.savez(tmp_path / "other_test_x.npz", embeddings=np.ones((3, 4)), labels=np.ones(3))
-  with pytest.raises(ValueError, match="exactly one"):
-    retrain.load_embedding_splits(str(tmp_path))
+  # --out is checked before anything is computed: a directory, or a path under a file.
+  np.savez(tmp_path / "ok.npz", x=np.ones((10, 2)), y=np.r_[np.ones(5), -np.ones(5)])
+  (tmp_path / "file").write_text("")
+  for out in (tmp_path, tmp_path / "file" / "report.json"):
+    with pytest.raises(SystemExit) as exit_info:
+      cli.main(["recommend", "--features", str(tmp_path / "ok.npz"), "--out", str(out)])
+    assert exit_info.value.code == 2
+    assert "--out" in capsys.readouterr().err
 
 
 def test_recommend_validate_main_smoke(tmp_path):
@@ -267,7 +259,8 @@ def test_recommend_validate_main_smoke(tmp_path):
   out = tmp_path / "out"
   results = recommend_validate.main(
       ["--out", str(out), "--quick", "--embeddings", str(emb), "--set", "cases=isotropic",
-       "--set", "deltas=0.2,0.5", "--set", "num_seeds=2"])
+       "--set", "deltas=0.2,0.5", "--set", "num_seeds=2", "--set", "d=16", "--set", "folds=2",
+       "--set", "grid_size=8"])
   assert set(results) == {"isotropic", "embeddings"}
   for name in ("results.json", "results.csv", "isotropic.png", "embeddings.png", "timing.png"):
     assert (out / name).is_file(), name

@@ -1,4 +1,5 @@
-"""The retraining sweep (thumb_jax.retrain) against NumPy solves, and its image entry point.
+"""The retraining sweep (thumb_jax.retrain), its subsamples and embedding files, and its
+image entry point, against float64 NumPy solves (tests/reference.py).
 
 One small pool (d = 10, N = 72, minority share 1/4) and test split serve every test. The
 main sweep uses exactly the sizes, weights and repeats of `experiments.image_llr --quick`
@@ -15,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import class_fit
 
-from conftest import rtol
 from experiments import image_llr
-from thumb_jax import lls, recommend, retrain, theory
+from thumb_jax import lls, plug_in, recommend, retrain, subsample, theory
 from thumb_jax.images import embeddings
 
 D, N_POOL, N_TEST = 10, 72, 160
@@ -37,7 +38,7 @@ def _embeddings(n, d, *, seed, pi=0.25, shift=1.2):
 
 POOL = _embeddings(N_POOL, D, seed=0)
 TEST = _embeddings(N_TEST, D, seed=1)
-SIZES = image_llr.choose_sizes(POOL[1], num_sizes=QUICK.num_sizes)        # 6, 21, 72
+SIZES = subsample.default_sizes(POOL[1], num_sizes=QUICK.num_sizes)       # 6, 21, 72
 WEIGHTS = retrain.log_weights(QUICK.num_weights)
 REPEATS = QUICK.num_repeats
 
@@ -57,28 +58,20 @@ def ridgeless_result():
                        seed=1, ridge=0.0)
 
 
+_MASKS = jax.jit(retrain.subsample_masks, static_argnames=("num_repeats",))
+
+
 def _masks(y, count_plus, count_minus, *, seed, repeats, x64=False):
   """Masks as `run` draws them (the uniform draws depend on the precision)."""
   with jax.enable_x64(x64):
-    masks = jax.jit(retrain.subsample_masks, static_argnames=("num_repeats",))(
-        jax.random.key(seed), jnp.asarray(y), jnp.asarray(count_plus),
-        jnp.asarray(count_minus), num_repeats=repeats)
+    masks = _MASKS(jax.random.key(seed), jnp.asarray(y), jnp.asarray(count_plus),
+                   jnp.asarray(count_minus), num_repeats=repeats)
     return jax.tree.map(np.asarray, masks)
 
 
-def numpy_fit(x, y, mask, weight, ridge):
-  """float64 lstsq on sqrt(c)-scaled [X, 1] rows, the ridge as augmented rows on w only."""
-  keep = mask > 0
-  x, y = x[keep], y[keep]
-  c = np.where(y > 0, weight, 1.0)
-  design = np.sqrt(c)[:, None] * np.c_[x, np.ones(len(x))]
-  target = np.sqrt(c) * y
-  d = x.shape[1]
-  if ridge > 0:
-    penalty = np.sqrt(ridge * len(x)) * np.c_[np.eye(d), np.zeros(d)]
-    design, target = np.r_[design, penalty], np.r_[target, np.zeros(d)]
-  theta = np.linalg.lstsq(design, target, rcond=None)[0]
-  return theta[:-1], theta[-1]
+@pytest.fixture(scope="module")
+def result_masks(result):
+  return _masks(POOL[1], result.count_plus, result.count_minus, seed=SEED, repeats=REPEATS)
 
 
 def _raw_ridge(res):
@@ -103,16 +96,17 @@ def _test_errors(w, b):
 # ----------------------------------------------------------------------------- (a) grid fits
 
 
-def test_grid_layers_match_numpy_with_ridge(result):
+def test_grid_layers_match_numpy_with_ridge(result, result_masks):
   """Ridge > 0: n = 6 < d and n = 21, 72 > d, a few subsamples and weights each."""
   chex.assert_shape(result.layers.w, (len(SIZES), REPEATS, len(WEIGHTS), D))
   assert SIZES[0] < D < SIZES[1]
   assert float(result.ridge) == pytest.approx(retrain.DEFAULT_RIDGE)
-  masks = _masks(POOL[1], result.count_plus, result.count_minus, seed=SEED, repeats=REPEATS)
+  masks = result_masks
   for s in range(len(SIZES)):
     for r in (0, REPEATS - 1):
       for k in (0, 3, len(WEIGHTS) - 1):
-        reference = numpy_fit(*POOL, masks.mask[s, r], WEIGHTS[k], _raw_ridge(result))
+        reference = class_fit(*POOL, WEIGHTS[k], ridge=_raw_ridge(result),
+                              mask=masks.mask[s, r])
         _assert_layer_close(result.layers.w[s, r, k], result.layers.b[s, r, k], reference,
                             5e-3)
 
@@ -124,7 +118,7 @@ def test_grid_layers_match_numpy_ridgeless(ridgeless_result):
   masks = _masks(POOL[1], res.count_plus, res.count_minus, seed=1, repeats=2, x64=True)
   for s in range(2):
     for k, weight in enumerate(WEIGHTS[::2]):
-      reference = numpy_fit(*POOL, masks.mask[s, 1], weight, 0.0)
+      reference = class_fit(*POOL, weight, mask=masks.mask[s, 1])
       _assert_layer_close(res.layers.w[s, 1, k], res.layers.b[s, 1, k], reference, 1e-8)
 
 
@@ -135,115 +129,65 @@ def test_grid_errors_are_the_test_errors_of_the_layers(result):
     assert result.errors.err_minus[s, r, k] == pytest.approx(err_minus)
 
 
-@pytest.mark.parametrize("rows,d,plus_rows", [(60, 12, 30), (60, 40, 16), (20, 35, 10),
-                                              (20, 35, 20)])
-def test_factor_low_rank_matches_numpy(x64, rows, d, plus_rows):
-  """rows > d and rows < d (row-space basis), masked, ridge > 0; the P x P form
-  (plus_rows < r) and the r x r form (plus_rows >= r)."""
-  x, y = _embeddings(rows, d, seed=rows)
-  mask = np.ones(rows)
-  mask[[3, 4, rows - 1]] = 0.0
-  weights = np.array([0.1, 1.0, 7.0, 300.0])
-  factors = jax.jit(lls.factor_low_rank, static_argnames=("ridge", "plus_rows"))(
-      jnp.asarray(x), jnp.asarray(y > 0), jnp.asarray(mask), ridge=0.02, plus_rows=plus_rows)
-  assert factors.spectrum.shape == (min(plus_rows, min(rows, d)),)
-  got = jax.jit(lls.solve_low_rank)(factors, jnp.asarray(weights))
-  chex.assert_shape(got.w, (len(weights), d))
-  tol = rtol(x64, f32=2e-3, f64=1e-9)
-  for k, weight in enumerate(weights):
-    w_ref, b_ref = numpy_fit(x, y, mask, weight, 0.02)
-    np.testing.assert_allclose(got.w[k], w_ref, rtol=0, atol=tol * np.abs(w_ref).max())
-    np.testing.assert_allclose(got.b[k], b_ref, rtol=0, atol=tol * 10 * max(abs(b_ref), 1))
-  # Weights <= 0 give NaN layers (as lls.solve_factored), not finite garbage.
-  bad = jax.jit(lls.solve_low_rank)(factors, jnp.asarray([0.0, -0.5]))
-  assert np.all(np.isnan(bad.w)) and np.all(np.isnan(bad.b))
-
-
-def test_factor_low_rank_ridgeless_interpolator():
-  """Ridge 0 with fewer rows than d + 2: every weight gives lls's minimum-norm interpolator."""
-  with jax.enable_x64(True):
-    x, y = _embeddings(20, 35, seed=2)
-    factors = jax.jit(lls.factor_low_rank, static_argnames=("ridge", "plus_rows"))(
-        jnp.asarray(x), jnp.asarray(y > 0), jnp.ones(20), ridge=0.0, plus_rows=8)
-    assert bool(factors.use_interpolator)
-    got = jax.jit(lls.solve_low_rank)(factors, jnp.asarray([0.5, 4.0]))
-    want = jax.jit(lls.fit)(jnp.asarray(x), jnp.asarray(y), 1.0)
-    for k in range(2):
-      np.testing.assert_allclose(got.w[k], want.w, atol=1e-10)
-      np.testing.assert_allclose(got.b[k], want.b, atol=1e-10)
-    np.testing.assert_allclose(x @ np.asarray(got.w[0]) + float(got.b[0]), y, atol=1e-8)
-
-
 def test_plug_in_stats_from_the_factorization_scatter():
-  """The sweep feeds recommend.plug_in_stats the factorization's (row-space) scatter."""
-  factor = jax.jit(lls.factor_low_rank, static_argnames=("ridge", "plus_rows"))
-  stats = jax.jit(recommend.plug_in_stats)
+  """The sweep feeds plug_in.plug_in_stats the factorization's (row-space) scatter."""
+  factor = jax.jit(lls.factor, static_argnames=("ridge", "minority_rows"))
+  stats = jax.jit(plug_in.plug_in_stats)
   with jax.enable_x64(True):
     x, y = _embeddings(20, 35, seed=20)          # fewer rows than d: the row-space scatter
     mask = jnp.asarray(np.arange(20) % 7 != 3, jnp.float64)
     x, plus = jnp.asarray(x), jnp.asarray(y > 0)
-    within = factor(x, plus, mask, ridge=0.01, plus_rows=10).within
+    within = factor(x, jnp.asarray(y), ridge=0.01, mask=mask, minority_rows=10).within
     chex.assert_shape(within, (20, 20))
     chex.assert_trees_all_close(stats(x, plus, mask, scatter=within), stats(x, plus, mask),
                                 rtol=1e-9)
 
 
-# ----------------------------------------------------------------------------- (b) masks
-
-
-def test_subsample_masks():
-  count_plus, count_minus = retrain.size_counts(POOL[1], SIZES)
-  np.testing.assert_array_equal(count_plus + count_minus, SIZES)
-  np.testing.assert_array_equal(count_plus, [round(0.25 * n) for n in SIZES])
-  masks = _masks(POOL[1], count_plus, count_minus, seed=5, repeats=4)
-  plus = POOL[1] > 0
-  chex.assert_shape(masks.mask, (len(SIZES), 4, N_POOL))
-  # Exact class counts per size, in every repeat.
-  for cls, count in ((plus, count_plus), (~plus, count_minus)):
-    np.testing.assert_array_equal(masks.mask[..., cls].sum(-1),
-                                  np.broadcast_to(count[:, None], (len(SIZES), 4)))
-  assert set(np.unique(masks.mask)) <= {0.0, 1.0}
-  # Nested across sizes within a repeat; different across repeats (below the whole pool).
-  assert np.all(np.diff(masks.mask, axis=0) >= 0)
-  for s in range(len(SIZES) - 1):
-    assert len({masks.mask[s, r].tobytes() for r in range(4)}) == 4
-  # Deterministic from the seed; another seed draws other subsamples.
-  again = _masks(POOL[1], count_plus, count_minus, seed=5, repeats=4)
-  other = _masks(POOL[1], count_plus, count_minus, seed=6, repeats=4)
-  np.testing.assert_array_equal(again.mask, masks.mask)
-  np.testing.assert_array_equal(again.downsample, masks.downsample)
-  assert not np.array_equal(other.mask[0], masks.mask[0])
-  # Downsampling: balanced (n_+ rows of each class) and inside the subsample.
-  for cls in (plus, ~plus):
-    np.testing.assert_array_equal(masks.downsample[..., cls].sum(-1),
-                                  np.broadcast_to(count_plus[:, None], (len(SIZES), 4)))
-  assert np.all(masks.downsample <= masks.mask)
-
-
 # ----------------------------------------------------------------------------- (c) methods
 
 
-def test_method_weights(result):
+def test_methods_are_returned_by_name(result):
+  """One MethodResult per name of METHODS, each [S, R]; the theory methods are named by their
+  dimension and are different methods (the ambient and participation plug-ins differ)."""
+  assert retrain.METHODS == retrain.Methods._fields
+  assert set(retrain.METHODS) >= {"theory_ambient", "theory_participation", "theory_pool"}
+  assert "theory" not in retrain.METHODS
+  for name in retrain.METHODS:
+    m = getattr(result.methods, name)
+    assert isinstance(m, retrain.MethodResult), name
+    for leaf in (m.weight, m.errors.err_plus, m.predicted.err_minus, m.layer.b, m.defined):
+      chex.assert_shape(leaf, (len(SIZES), REPEATS))
+    chex.assert_shape(m.layer.w, (len(SIZES), REPEATS, D))
+  ambient, participation = result.methods.theory_ambient, result.methods.theory_participation
+  both = ambient.defined & participation.defined
+  assert both.any() and not np.allclose(ambient.weight[both], participation.weight[both])
+
+
+def test_method_weights(result, result_masks):
   methods = result.methods
   prior = result.count_minus / result.count_plus
   np.testing.assert_allclose(methods.prior_ratio.weight, np.broadcast_to(prior[:, None],
                                                                          (len(SIZES), REPEATS)),
                              rtol=1e-6)
   np.testing.assert_array_equal(methods.unweighted.weight, 1.0)
-  # The theory weights fall back to the prior ratio where the plug-in is undefined.
-  np.testing.assert_allclose(np.where(result.defined, prior[:, None], methods.theory.weight),
-                             np.broadcast_to(prior[:, None], result.defined.shape), rtol=1e-6)
-  assert np.all(np.isfinite(methods.theory.weight) & (methods.theory.weight > 0))
-  assert np.isnan(methods.theory.predicted.err_plus[~result.defined]).all()
+  # The subsample theory weights fall back to the prior ratio where the plug-in is undefined.
+  for name in ("theory_ambient", "theory_participation"):
+    m = getattr(methods, name)
+    np.testing.assert_allclose(np.where(m.defined, prior[:, None], m.weight),
+                               np.broadcast_to(prior[:, None], m.defined.shape), rtol=1e-6)
+    assert np.all(np.isfinite(m.weight) & (m.weight > 0))
+    assert np.isnan(m.predicted.err_plus[~m.defined]).all()
+    assert np.all(np.isfinite(m.predicted.err_plus[m.defined]))
   # Where defined, the theory weights are recommend_weight on the subsample itself (raw
-  # features and ridge): delta = d / n for `theory`, d_eff = participation ratio for
-  # `theory_participation` (falling back to the prior ratio where that is undefined).
-  masks = _masks(POOL[1], result.count_plus, result.count_minus, seed=SEED, repeats=REPEATS)
+  # features and ridge): delta = d / n for `theory_ambient`, d_eff = the participation
+  # ratio for `theory_participation` (falling back to the prior ratio where undefined).
+  masks = result_masks
   checked = 0
   for s, r in ((1, 0), (1, 2), (2, 1), (2, 2)):
     keep = np.asarray(masks.mask[s, r]) > 0
     x, y = POOL[0][keep], POOL[1][keep]
-    for name, dimension in (("theory", "ambient"), ("theory_participation", "participation")):
+    for name, dimension in (("theory_ambient", "ambient"),
+                            ("theory_participation", "participation")):
       got = float(getattr(methods, name).weight[s, r])
       try:
         want = recommend.recommend_weight(x, y, ridge=_raw_ridge(result),
@@ -267,17 +211,17 @@ def test_method_weights(result):
                                 np.min(result.errors.worst, axis=-1))
 
 
-def test_method_layers_match_numpy(result):
+def test_method_layers_match_numpy(result, result_masks):
   """Each method's layer is the direct fit at its weight; downsampling fits its balanced mask."""
-  masks = _masks(POOL[1], result.count_plus, result.count_minus, seed=SEED, repeats=REPEATS)
+  masks = result_masks
   ridge = _raw_ridge(result)
   for s, r in ((0, 1), (1, 0), (2, 2)):
-    for name in ("prior_ratio", "theory", "theory_participation", "theory_pool"):
+    for name in ("prior_ratio", "theory_ambient", "theory_participation", "theory_pool"):
       m = getattr(result.methods, name)
-      reference = numpy_fit(*POOL, masks.mask[s, r], float(m.weight[s, r]), ridge)
+      reference = class_fit(*POOL, float(m.weight[s, r]), ridge=ridge, mask=masks.mask[s, r])
       _assert_layer_close(m.layer.w[s, r], m.layer.b[s, r], reference, 5e-3)
     down = result.methods.downsample
-    reference = numpy_fit(*POOL, masks.downsample[s, r], 1.0, ridge)
+    reference = class_fit(*POOL, 1.0, ridge=ridge, mask=masks.downsample[s, r])
     _assert_layer_close(down.layer.w[s, r], down.layer.b[s, r], reference, 5e-3)
     assert (down.errors.err_plus[s, r], down.errors.err_minus[s, r]) == pytest.approx(
         _test_errors(down.layer.w[s, r], down.layer.b[s, r]))
@@ -396,47 +340,14 @@ def test_image_llr_main(tmp_path, naming, result):
       assert all(math.isfinite(v) for v in m[key]["mean"]), (method, key)
       assert all(lo <= mean + 1e-12 for lo, mean in zip(m[key]["low"], m[key]["mean"]))
   # The same data and seed as the `result` fixture: the same numbers.
-  np.testing.assert_allclose(res["methods"]["theory"]["worst"]["mean"],
-                             result.methods.theory.errors.worst.mean(axis=1), atol=1e-12)
+  np.testing.assert_allclose(res["methods"]["theory_ambient"]["worst"]["mean"],
+                             result.methods.theory_ambient.errors.worst.mean(axis=1), atol=1e-12)
   for versus in summary["versus_prior_worst"].values():
     assert versus["verdict"][-1].endswith("one subsample)")
   with open(out / "results.csv") as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == len(SIZES) * len(retrain.METHODS)
   assert all(math.isfinite(float(row["worst_mean"])) for row in rows)
-
-
-def test_choose_sizes():
-  sizes = image_llr.choose_sizes(POOL[1], num_sizes=12)
-  assert sizes[0] == 6 and sizes[-1] == N_POOL and np.all(np.diff(sizes) > 0)
-  retrain.size_counts(POOL[1], sizes)       # every size keeps >= 2 rows of each class
-  np.testing.assert_array_equal(image_llr.choose_sizes(POOL[1], num_sizes=2, min_size=20,
-                                                       max_size=64), [20, 64])
-  with pytest.raises(ValueError, match="min_size"):
-    image_llr.choose_sizes(POOL[1], num_sizes=3, max_size=N_POOL + 1)
-
-
-# ----------------------------------------------------------------------------- (g) loading
-
-
-def test_missing_split_file_is_named(tmp_path):
-  _write(tmp_path / "val.npz", *POOL)
-  with pytest.raises(ValueError, match=r"^test split: expected .*test\.npz"):
-    retrain.load_embedding_splits(tmp_path)
-  with pytest.raises(ValueError, match="is not a directory"):
-    retrain.load_embedding_splits(tmp_path / "nowhere")
-
-
-def test_ambiguous_cache_files_are_listed(tmp_path):
-  for dataset in ("cifar10", "celeba-Smiling"):
-    for split in ("val", "test"):
-      _write(embeddings.cache_path(tmp_path, dataset=dataset, split=split, latent_dim=D,
-                                   checkpoint_hash="00112233445566778899"), *POOL)
-  with pytest.raises(ValueError, match=r"^val split: .*\['celeba-Smiling_val_d10_.*', "
-                                       r"'cifar10_val_d10_.*'\]"):
-    retrain.load_embedding_splits(tmp_path)
-  data = retrain.load_embedding_splits(tmp_path, dataset="celeba")
-  assert data["val"][0].shape == (N_POOL, D)
 
 
 def test_main_rejects_bad_labels_and_arguments(tmp_path):
@@ -454,3 +365,22 @@ def test_main_rejects_bad_labels_and_arguments(tmp_path):
   with pytest.raises(ValueError, match="--dataset"):
     image_llr.main(["--dataset", "mnist", "--embeddings", str(tmp_path), "--out",
                     str(tmp_path / "o")])
+
+
+# ----------------------------------------------------------------------------- (g) row buffers
+
+
+def test_rows_beyond_a_buffer_raise():
+  """A size keeping more rows than its gather buffer raises instead of dropping rows."""
+  count_plus, count_minus = retrain.size_counts(POOL[1], [20, 40])
+  masks = _masks(POOL[1], count_plus, count_minus, seed=0, repeats=1)
+  enough = subsample.buffer_lengths(count_plus, count_minus, N_POOL)
+  subsample.check_buffers(count_plus, count_minus, enough)
+  for which in range(3):
+    short = [list(b) for b in enough]
+    short[1][which] = (40, 20, 10)[which] - 1            # size 40: n, 2 n_+, n_+ rows
+    with pytest.raises(ValueError, match=r"^row_buffers: size 1 .* buffer holds"):
+      retrain.sweep(*(jnp.asarray(a) for a in (*POOL, *TEST)), masks, jnp.asarray(WEIGHTS),
+                    ridge=1e-3, row_buffers=tuple(tuple(b) for b in short))
+  with pytest.raises(ValueError, match="triples"):
+    subsample.check_buffers(count_plus, count_minus, enough[:1])

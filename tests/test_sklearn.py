@@ -48,7 +48,8 @@ def test_matches_ridge_classifier_with_class_weights(ridge):
   ref = RidgeClassifier(alpha=ridge * len(y), class_weight={1.0: 3.0, -1.0: 1.0},
                         solver="svd").fit(x, y)
   np.testing.assert_allclose(ours.coef_.ravel(), ref.coef_.ravel(), rtol=2e-3, atol=1e-5)
-  np.testing.assert_allclose(ours.intercept_.ravel(), np.ravel(ref.intercept_), rtol=2e-3, atol=1e-5)
+  np.testing.assert_allclose(ours.intercept_.ravel(), np.ravel(ref.intercept_), rtol=2e-3,
+                             atol=1e-5)
   np.testing.assert_array_equal(ours.predict(x), ref.predict(x))
   # "priors" = scikit-learn's "balanced" at ridge 0 (only the ratio matters there).
   if ridge == 0:

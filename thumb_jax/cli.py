@@ -6,29 +6,23 @@
     python -m thumb_jax.cli recommend --features X.npy --labels y.npy ...
 
 Input: an .npz holding features [n, d] and labels [n] (keys given, or the first of
-x / features / embeddings and y / labels / targets that exists), or an .npy of features
-with --labels (.npy, or .npz with --labels-key). Prints the recommendation and writes
-it as strict JSON (NaN -> null) to --out.
+`embedding_files.FEATURE_KEYS` and `LABEL_KEYS` that exists, the order every embedding reader
+uses), or an .npy of features with --labels (.npy, or .npz with --labels-key). Prints the
+recommendation and writes it as strict JSON (NaN -> null) to --out.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import math
 import os
 import sys
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from thumb_jax import recommend
-
-FEATURE_KEYS = ("x", "features", "embeddings")
-LABEL_KEYS = ("y", "labels", "targets")
+from thumb_jax import io, recommend
+from thumb_jax.embedding_files import FEATURE_KEYS, LABEL_KEYS, array_key
 
 
 def _pick(archive, key: str | None, candidates: Sequence[str], what: str, path) -> np.ndarray:
@@ -37,9 +31,9 @@ def _pick(archive, key: str | None, candidates: Sequence[str], what: str, path) 
     if key not in names:
       raise ValueError(f"--{what}-key: {key!r} is not in {path} (it holds {names})")
     return archive[key]
-  for name in candidates:
-    if name in names:
-      return archive[name]
+  found = array_key(names, candidates)
+  if found is not None:
+    return archive[found]
   raise ValueError(f"{path}: found none of {list(candidates)} for the {what} (it holds "
                    f"{names}); name the array with --{what}-key")
 
@@ -77,33 +71,8 @@ def _dimension(text: str):
   except ValueError:
     raise argparse.ArgumentTypeError(
         f"expected participation, effective_rank, ambient, whitened or a positive number, "
-        f"got {text!r}")
+        f"got {text!r}") from None
   return int(value) if value.is_integer() else value
-
-
-def _strict(obj):
-  """NaN / inf -> None, recursively (strict JSON)."""
-  if isinstance(obj, dict):
-    return {k: _strict(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_strict(v) for v in obj]
-  if isinstance(obj, float) and not math.isfinite(obj):
-    return None
-  return obj
-
-
-def _write_json(path: Path, payload: dict) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(_strict(payload), f, indent=1, allow_nan=False)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(tmp)
-    raise
 
 
 def summary(rec: recommend.Recommendation) -> str:
@@ -127,7 +96,17 @@ def summary(rec: recommend.Recommendation) -> str:
   return "\n".join(lines)
 
 
+def _check_out(path: str | None) -> None:
+  """Fails before any computation when the report could not be written to `path`."""
+  if path is None:
+    return
+  if Path(path).is_dir():
+    raise ValueError(f"--out: expected a file path, got the directory {path!r}")
+  io.check_writable_dir(Path(path).parent, name="--out")
+
+
 def _recommend(args) -> dict:
+  _check_out(args.out)
   x, y = load_retraining_set(args.features, args.labels, features_key=args.features_key,
                              labels_key=args.labels_key)
   rec = recommend.recommend_weight(x, y, ridge=args.ridge, objective=args.objective,
@@ -139,7 +118,7 @@ def _recommend(args) -> dict:
                       "shape": list(np.shape(x))},
             "recommendation": rec.as_dict()}
   if args.out:
-    _write_json(Path(args.out), report)
+    io.write_json(args.out, report)
     print(f"wrote {args.out}")
   return report
 
@@ -152,8 +131,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
   rec = commands.add_parser("recommend", help="theory-guided minority class weight")
   rec.add_argument("--features", required=True, help=".npz or .npy with features [n, d]")
   rec.add_argument("--labels", help=".npy (or .npz) with labels [n]; default: from --features")
-  rec.add_argument("--features-key", help="array name in the .npz (default: x/features/embeddings)")
-  rec.add_argument("--labels-key", help="array name in the .npz (default: y/labels/targets)")
+  for what, keys in (("features", FEATURE_KEYS), ("labels", LABEL_KEYS)):
+    rec.add_argument(f"--{what}-key", help=f"array name in the .npz (default: {'/'.join(keys)})")
   rec.add_argument("--ridge", type=float, default=0.0, help="ridge >= 0 (penalty ridge*n*|w|^2)")
   rec.add_argument("--objective", choices=("worst", "balanced"), default="worst")
   rec.add_argument("--dimension", type=_dimension, default="participation",

@@ -1,74 +1,19 @@
 """Theory-guided class weights for any embeddings: a plug-in isotropic Gaussian surrogate.
 
-Given a binary retraining set (features, labels), `recommend_weight` estimates the
-statistics that the isotropic theory of THEORY.md needs, from the retraining data
-itself, and returns the weight that minimizes the predicted worst-class (or balanced)
-test error of the weighted least-squares last layer (`thumb_jax.lls.fit`) at that n.
+Given a binary retraining set (features, labels), `recommend_weight` estimates from the data
+itself the statistics that the isotropic theory of THEORY.md needs (`plug_in_stats`), builds
+the isotropic model standing in for the data (`surrogate`) and returns the weight that
+minimizes the predicted worst-class (or balanced) test error of the weighted least-squares
+last layer (`thumb_jax.lls.fit`) at that n. The surrogate keeps each class's noise energy
+and an unbiased squared mean difference, with d_eff the debiased participation ratio of the
+within-class covariance by default; "whitened" maps the data instead (exact for a ridgeless
+fit with equal class covariances). Derivations: THEORY.md, "Derivations: the plug-in
+isotropic surrogate".
 
-The surrogate (derivation; classes k in {+, -}, n_k rows, sample means xbar_k, unbiased
-sample covariances S_k, pooled within-class covariance Sigma_w = sum_k (n_k - 1) Sigma_k / (n - 2)):
-
-  Model to match: x | y = k ~ N(mu_k, s_k^2 I_{d_eff}), n samples, delta = d_eff / n.
-  Only D2 = |mu_+ - mu_-|^2 enters the errors, not the position of the means: with an
-  unpenalized intercept the fit is translation invariant, and in THEORY.md
-  a_+ + q = (1 - p) D2 + ..., a_- + q = -p D2 + ... . So the surrogate is written in the
-  midpoint frame mu_+ = -mu_- (mean_plus_sq = mean_minus_sq = -mean_inner = D2 / 4).
-
-  1. Signal. E |xbar_+ - xbar_-|^2 = D2 + tr Sigma_+ / n_+ + tr Sigma_- / n_-, so
-       D2_hat = |xbar_+ - xbar_-|^2 - tr S_+ / n_+ - tr S_- / n_-        (unbiased).
-     (The same as debiasing |xbar_k|^2 by tr Sigma_k / n_k and using xbar_+ . xbar_- as is.)
-  2. Noise energy. Choose s_k^2 = tr Sigma_k / d_eff: the surrogate keeps the total noise
-     energy of each class. Then delta s_k^2 / pi_k = tr Sigma_k / n_k for every d_eff, so
-     the finite-sample inflation of the sample mean difference (THEORY.md's
-     L = D2 + delta (s_+^2 / pi_+ + s_-^2 / pi_-) = E |xbar_+ - xbar_-|^2) is reproduced
-     exactly; only the spread of the noise over directions is approximated.
-  3. Dimension. d_eff = participation ratio (tr Sigma_w)^2 / tr Sigma_w^2 is the only d for
-     which s^2 I_d matches both tr Sigma_w and tr Sigma_w^2. The second moment sets the
-     fluctuations: the sample covariance has E tr S^2 = tr Sigma^2 + (tr Sigma)^2 / n' + ...
-     (relative inflation d_eff / n' = delta_eff), and the noise in a score along the sample
-     mean difference, dbar' Sigma dbar, contains tr Sigma^2 / n_k (= d_eff s^4 / n_k in the
-     surrogate). The surrogate's noise along any direction is then
-     s^2 = tr Sigma^2 / tr Sigma, the energy-weighted mean eigenvalue.
-     We do not match the noise along the mean direction, dmu' Sigma dmu / D2: it is a
-     ratio of two noisy estimates (unstable exactly when the SNR is low and delta high,
-     where the weight matters most) and it would break step 2.
-  Where it loses: the surrogate is exact for isotropic noise. For a ridgeless fit the
-  least-squares rule is affine invariant, so its errors depend on the Mahalanobis
-  distance dmu' Sigma^-1 dmu over the full ambient dimension instead; with a strongly
-  anisotropic spectrum and a tiny ridge the isotropic plug-in misjudges the SNR and the
-  dimension (experiments/recommend_validate.py measures how much); dimension="whitened"
-  (below) is the exact mapping in that regime. The general-covariance theory (THEORY.md,
-  last section) removes the effective-dimension guess for any ridge.
-
-  Debiasing the participation ratio: the sample ratio (tr S)^2 / tr S^2 is biased down
-  (for isotropic noise it is about d / (1 + d / n'), half of d at d = n'). Treating
-  n' S_w as Wishart(Sigma_w, n'), n' = n - 2 (exact for equal class covariances):
-      E tr S^2 = (1 + 1/n') T2 + T1^2 / n',   E (tr S)^2 = T1^2 + 2 T2 / n',
-  with T1 = tr Sigma_w, T2 = tr Sigma_w^2, whose solution gives unbiased
-      T2_hat = n'^2 / ((n' - 1)(n' + 2)) (tr S^2 - (tr S)^2 / n'),
-      T1sq_hat = (tr S)^2 - 2 T2_hat / n',      d_eff = T1sq_hat / T2_hat, clipped to [1, d].
-
-Effective dimension choices: "participation" (above, default), "effective_rank"
-(exp of the entropy of the normalized eigenvalues of the sample S_w; not debiased),
-"ambient" (the feature width d), an explicit positive number, or "whitened":
-
-  "whitened" maps the data, not only the spectrum. A ridgeless least-squares fit is affine
-  invariant (x -> A x + c changes w but not the scores), so with equal class covariances
-  its errors are exactly those of the isotropic model after whitening by Sigma_w: d_eff = d,
-  s_k^2 = tr(Sigma_w^-1 Sigma_k) / d (both 1 for equal covariances) and the signal is the
-  Mahalanobis distance Delta^2 = dmu' Sigma_w^-1 dmu, not |dmu|^2. With n' S_w ~
-  Wishart(Sigma_w, n') independent of dbar, E S_w^-1 = n' / (n' - d - 1) Sigma_w^-1 and
-  E dbar dbar' = dmu dmu' + (1/n_+ + 1/n_-) Sigma_w, so
-      Delta^2_hat = (n' - d - 1) / n' * dbar' S_w^-1 dbar - d (1/n_+ + 1/n_-)   (unbiased),
-  s_k^2 = tr(S_w^-1 S_k) / d (their count-weighted mean is exactly 1). It needs n > d + 3.
-  A ridge is not affine invariant; it is carried over as ridge * tr(Sigma_w^-1) / d
-  (debiased likewise), the mean penalty per whitened direction, so "whitened" is exact
-  only as ridge -> 0 and an approximation for a ridge comparable to the small eigenvalues.
-
-Labels may be any two values; the less frequent one becomes class +1 (a tie: the
-larger in sorted order, scikit-learn's positive class). The weight is c_+ for that
-class with c_- = 1; with ridge > 0 the scale matters and this is the convention
-(objective sum_i c_i (y_i - w.x_i - b)^2 + ridge * n * |w|^2, n = number of samples).
+Labels may be any two values; the less frequent one becomes class +1 (a tie: the larger in
+sorted order, scikit-learn's positive class). The weight is c_+ for that class with c_- = 1;
+with ridge > 0 the scale matters and this is the convention (objective
+sum_i c_i (y_i - w.x_i - b)^2 + ridge * n * |w|^2, n = number of samples).
 """
 
 from __future__ import annotations
@@ -82,8 +27,7 @@ import numpy as np
 from thumb_jax import metrics, theory
 from thumb_jax.metrics import ClassErrors
 from thumb_jax.mixture import GaussianMixture
-
-_DIMENSIONS = ("participation", "effective_rank", "ambient", "whitened")
+from thumb_jax.plug_in import DIMENSIONS, plug_in_stats, surrogate, surrogate_weight
 
 
 class RecommendationUndefined(ValueError):
@@ -96,40 +40,6 @@ class LabelMap(NamedTuple):
   minus: Any
 
 
-class PlugInStats(NamedTuple):
-  """Moment estimates from one (possibly resampled) retraining set; scalars.
-
-  count_plus, count_minus: n_+, n_-.
-  mean_diff_sq: unbiased |mu_+ - mu_-|^2 (may be <= 0 when the signal is undetectable).
-  trace_plus, trace_minus: unbiased tr Sigma_+, tr Sigma_-.
-  participation: debiased (tr Sigma_w)^2 / tr Sigma_w^2, clipped to [1, d].
-  effective_rank: exp(entropy of the normalized sample spectrum of S_w) (NaN if not computed).
-  mahalanobis_sq: unbiased dmu' Sigma_w^-1 dmu (NaN if not computed; see "whitened").
-  whitened_var_plus, whitened_var_minus: tr(S_w^-1 S_k) / d (NaN if not computed).
-  mean_inverse_eigenvalue: debiased tr(Sigma_w^-1) / d (NaN if not computed).
-  """
-  count_plus: jax.Array
-  count_minus: jax.Array
-  mean_diff_sq: jax.Array
-  trace_plus: jax.Array
-  trace_minus: jax.Array
-  participation: jax.Array
-  effective_rank: jax.Array
-  mahalanobis_sq: jax.Array
-  whitened_var_plus: jax.Array
-  whitened_var_minus: jax.Array
-  mean_inverse_eigenvalue: jax.Array
-
-
-class Surrogate(NamedTuple):
-  """The isotropic model standing in for the data (scalars; fields may be traced)."""
-  mixture: GaussianMixture
-  dimension: jax.Array      # d_eff
-  delta: jax.Array          # d_eff / n
-  ridge_scale: jax.Array    # the theory's ridge is ridge * ridge_scale (1 unless "whitened")
-  signal: jax.Array         # the debiased squared mean difference the mixture uses (may be <= 0)
-
-
 class Recommendation(NamedTuple):
   """The theory-guided weight with what it rests on.
 
@@ -139,7 +49,7 @@ class Recommendation(NamedTuple):
       decades): the predicted objective keeps improving beyond it (for large delta the
       theory can prefer an ever larger, or a tiny, weight), so read it as ">= weight" / "<= weight".
     errors: predicted ClassErrors at `weight` (class +1 = the minority).
-    mixture: the plug-in isotropic GaussianMixture (midpoint frame, see module docstring).
+    mixture: the plug-in isotropic GaussianMixture (midpoint frame, see `plug_in.surrogate`).
     dimension: the effective dimension d_eff used.
     delta: d_eff / n.
     ridge_used: the ridge given to the theory (= ridge, except for "whitened").
@@ -176,7 +86,7 @@ class Recommendation(NamedTuple):
   level: float
 
   def as_dict(self) -> dict:
-    """Summary of plain Python numbers and lists (NaN where undefined; see cli._strict)."""
+    """Summary of Python numbers and lists (NaN where undefined: `io.dumps` writes null)."""
     def errs(e):
       p, m = float(e.err_plus), float(e.err_minus)
       return {"err_plus": p, "err_minus": m, "worst": max(p, m), "balanced": 0.5 * (p + m)}
@@ -192,8 +102,7 @@ class Recommendation(NamedTuple):
         "ridge_used_by_theory": self.ridge_used,
         "ambient_dim": self.ambient_dim,
         "mixture": {k: float(v) for k, v in self.mixture._asdict().items()},
-        "labels": {"plus (minority)": _jsonable(self.labels.plus),
-                   "minus (majority)": _jsonable(self.labels.minus)},
+        "labels": {"plus (minority)": self.labels.plus, "minus (majority)": self.labels.minus},
         "count_plus": self.count_plus,
         "count_minus": self.count_minus,
         "ridge": self.ridge,
@@ -204,10 +113,6 @@ class Recommendation(NamedTuple):
                       "num_undefined": int(np.sum(~np.isfinite(self.bootstrap_weights))),
                       "weights": [float(v) for v in self.bootstrap_weights]},
     }
-
-
-def _jsonable(value):
-  return value.item() if isinstance(value, np.generic) else value
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -238,7 +143,8 @@ def encode_labels(labels) -> tuple[np.ndarray, LabelMap]:
                      f"{values[:10].tolist()}; multiclass weighting is not supported "
                      "(apply it one-vs-rest yourself)")
   plus = 1 if counts[1] <= counts[0] else 0          # tie: the larger (sorted-last) label
-  mapping = LabelMap(plus=_jsonable(values[plus]), minus=_jsonable(values[1 - plus]))
+  names = values.tolist()                            # NumPy scalars -> Python values
+  mapping = LabelMap(plus=names[plus], minus=names[1 - plus])
   return np.where(labels == mapping.plus, 1.0, -1.0), mapping
 
 
@@ -259,16 +165,16 @@ def _as_features(features) -> np.ndarray:
 
 def _check_dimension(dimension) -> None:
   if isinstance(dimension, str):
-    if dimension not in _DIMENSIONS:
-      raise ValueError(f"dimension: expected one of {list(_DIMENSIONS)} or a positive number, "
+    if dimension not in DIMENSIONS:
+      raise ValueError(f"dimension: expected one of {list(DIMENSIONS)} or a positive number, "
                        f"got {dimension!r}")
   elif isinstance(dimension, bool) or not isinstance(dimension, (int, float, np.number)) \
       or not dimension > 0:
-    raise ValueError(f"dimension: expected one of {list(_DIMENSIONS)} or a positive number, "
+    raise ValueError(f"dimension: expected one of {list(DIMENSIONS)} or a positive number, "
                      f"got {dimension!r}")
 
 
-def prepare(features, labels) -> tuple[np.ndarray, np.ndarray, LabelMap]:
+def encode_inputs(features, labels) -> tuple[np.ndarray, np.ndarray, LabelMap]:
   """Validates a retraining set and maps its labels (see `encode_labels`).
 
   Returns:
@@ -292,115 +198,6 @@ def prepare(features, labels) -> tuple[np.ndarray, np.ndarray, LabelMap]:
   return x, y, mapping
 
 
-# ------------------------------------------------------------------------- statistics
-
-
-def plug_in_stats(x: jax.Array, is_plus: jax.Array, counts: jax.Array | None = None, *,
-                  effective_rank: bool = False, whitened: bool = False,
-                  scatter: jax.Array | None = None) -> PlugInStats:
-  """Moment estimates for the surrogate (see the module docstring), pure and traceable.
-
-  Args:
-    x: features [n, d] (centring them first improves float32 accuracy).
-    is_plus: bool [n], True for class +1.
-    counts: multiplicities [n] >= 0 (a bootstrap resample), default all ones.
-    effective_rank: also compute the entropy-based rank (one eigendecomposition).
-    whitened: also compute the whitened statistics (one Cholesky of S_w; needs n > d + 3).
-    scatter: optional within-class scatter sum_i c_i (x_i - xbar_y)(x_i - xbar_y)' that the
-      caller already has, [d, d] or any matrix with the same nonzero spectrum (its [n, n]
-      kernel, or its restriction to an orthonormal basis of the rows); saves its O(n d^2).
-
-  Returns:
-    PlugInStats of scalars.
-  """
-  n_rows, d = x.shape
-  counts = jnp.ones((n_rows,), x.dtype) if counts is None else counts.astype(x.dtype)
-  c_plus = jnp.where(is_plus, counts, 0.0)
-  c_minus = jnp.where(is_plus, 0.0, counts)
-  n_plus, n_minus = jnp.sum(c_plus), jnp.sum(c_minus)
-  mean_plus, mean_minus = c_plus @ x / n_plus, c_minus @ x / n_minus
-  xc = x - jnp.where(is_plus[:, None], mean_plus, mean_minus)
-  sq = jnp.sum(xc ** 2, axis=1)
-  trace_plus = c_plus @ sq / (n_plus - 1.0)
-  trace_minus = c_minus @ sq / (n_minus - 1.0)
-  diff = mean_plus - mean_minus
-  mean_diff_sq = diff @ diff - trace_plus / n_plus - trace_minus / n_minus
-
-  # Pooled S_w = B'B / n' with B = sqrt(c) * xc; its nonzero spectrum is that of the
-  # smaller of B'B [d, d] and BB' [n, n].
-  dof = n_plus + n_minus - 2.0
-  if scatter is None:
-    rows = jnp.sqrt(counts)[:, None] * xc
-    gram = rows @ rows.T if n_rows <= d else rows.T @ rows
-  else:
-    gram = scatter
-  tr1 = (counts @ sq) / dof                       # tr S_w
-  tr2 = jnp.sum(gram ** 2) / dof ** 2             # tr S_w^2
-  t2 = dof ** 2 / ((dof - 1.0) * (dof + 2.0)) * (tr2 - tr1 ** 2 / dof)
-  t1sq = tr1 ** 2 - 2.0 * t2 / dof
-  participation = jnp.where(t2 > 0, t1sq / jnp.where(t2 > 0, t2, 1.0), d)
-  participation = jnp.clip(participation, 1.0, d)
-
-  if effective_rank:
-    evals = jnp.clip(jnp.linalg.eigvalsh(gram), 0.0, None)
-    prob = evals / jnp.sum(evals)
-    entropy = -jnp.sum(jnp.where(prob > 0, prob * jnp.log(jnp.where(prob > 0, prob, 1.0)), 0.0))
-    rank = jnp.exp(entropy)
-  else:
-    rank = jnp.full((), jnp.nan, x.dtype)
-
-  nan = jnp.full((), jnp.nan, x.dtype)
-  maha, white_plus, white_minus, inv_mean = nan, nan, nan, nan
-  if whitened:
-    scatter_plus = (c_plus[:, None] * xc).T @ xc
-    scatter_minus = (c_minus[:, None] * xc).T @ xc
-    chol = jnp.linalg.cholesky((scatter_plus + scatter_minus) / dof)
-    inv = jax.scipy.linalg.cho_solve((chol, True), jnp.eye(d, dtype=x.dtype))     # S_w^-1
-    shrink = (dof - d - 1.0) / dof
-    maha = shrink * (diff @ inv @ diff) - d * (1.0 / n_plus + 1.0 / n_minus)
-    white_plus = jnp.sum(inv * scatter_plus) / (n_plus - 1.0) / d
-    white_minus = jnp.sum(inv * scatter_minus) / (n_minus - 1.0) / d
-    inv_mean = shrink * jnp.trace(inv) / d
-  return PlugInStats(n_plus, n_minus, mean_diff_sq, trace_plus, trace_minus, participation, rank,
-                     maha, white_plus, white_minus, inv_mean)
-
-
-def effective_dimension(stats: PlugInStats, dimension, ambient_dim: int):
-  """d_eff from the stats: 'participation', 'effective_rank', 'ambient' / 'whitened' (= d)
-  or a number."""
-  if dimension == "participation":
-    return stats.participation
-  if dimension == "effective_rank":
-    return stats.effective_rank
-  if dimension in ("ambient", "whitened"):
-    return jnp.asarray(float(ambient_dim), stats.participation.dtype)
-  return jnp.asarray(float(dimension), stats.participation.dtype)
-
-
-def surrogate(stats: PlugInStats, dimension, ambient_dim: int) -> Surrogate:
-  """The isotropic model for the stats (module docstring): steps 1-3, or "whitened".
-
-  The squared mean difference is floored at a tiny positive value so that the mixture
-  stays valid under tracing; callers check `Surrogate.signal > 0` themselves.
-  """
-  n = stats.count_plus + stats.count_minus
-  d_eff = effective_dimension(stats, dimension, ambient_dim)
-  if dimension == "whitened":
-    signal, var_plus, var_minus = (stats.mahalanobis_sq, stats.whitened_var_plus,
-                                   stats.whitened_var_minus)
-    ridge_scale = stats.mean_inverse_eigenvalue
-  else:
-    signal, var_plus, var_minus = (stats.mean_diff_sq, stats.trace_plus / d_eff,
-                                   stats.trace_minus / d_eff)
-    ridge_scale = jnp.ones_like(d_eff)
-  d2 = jnp.maximum(signal, 1e-12 * (var_plus + var_minus))
-  mixture = GaussianMixture(
-      pi_plus=stats.count_plus / n,
-      mean_plus_sq=d2 / 4.0, mean_minus_sq=d2 / 4.0, mean_inner=-d2 / 4.0,
-      var_plus=var_plus, var_minus=var_minus)
-  return Surrogate(mixture, d_eff, d_eff / n, ridge_scale, signal)
-
-
 def _to_float_mixture(mixture: GaussianMixture) -> GaussianMixture:
   return GaussianMixture(*(float(v) for v in mixture))
 
@@ -415,24 +212,6 @@ def _resample_counts(key: jax.Array, index_plus: jax.Array, index_minus: jax.Arr
   pick_p = index_plus[jax.random.randint(key_p, index_plus.shape, 0, index_plus.shape[0])]
   pick_m = index_minus[jax.random.randint(key_m, index_minus.shape, 0, index_minus.shape[0])]
   return jnp.zeros((n_rows,)).at[pick_p].add(1.0).at[pick_m].add(1.0)
-
-
-def surrogate_weight(sur: Surrogate, ridge, objective: str = "worst", *,
-                     log10_range: tuple[float, float] = (-2.0, 4.0)
-                     ) -> tuple[theory.OptimalWeight, jax.Array]:
-  """`theory.optimal_weight` of a surrogate, and where that weight is defined (traceable).
-
-  Scalar fields; vmap over a stacked Surrogate for many. The theory's ridge is
-  ridge * sur.ridge_scale. Defined: the debiased squared mean difference is > 0, the
-  theory applies (ridge > 0 or delta < 1) and the search found a weight.
-
-  Returns:
-    (OptimalWeight, defined bool).
-  """
-  best = theory.optimal_weight(sur.mixture, sur.delta, ridge * sur.ridge_scale, objective,
-                               log10_range=log10_range)
-  defined = (sur.signal > 0) & ((ridge > 0) | (sur.delta < 1)) & jnp.isfinite(best.weight)
-  return best, defined
 
 
 def _predict(mixture, delta, ridge, prior_weight, *, objective, log10_range):
@@ -460,7 +239,10 @@ def _bootstrap_weights(keys, x, is_plus, index_plus, index_minus, *, dimension, 
                                      log10_range=log10_range)
     return jnp.where(defined, best.weight, jnp.nan)
 
-  return jax.lax.map(one, keys, batch_size=batch_size)
+  # Pad to whole batches (repeating the first keys) so that one loop body is compiled.
+  num = keys.shape[0]
+  padded = jnp.concatenate([keys, keys[:-num % batch_size]])
+  return jax.lax.map(one, padded, batch_size=batch_size)[:num]
 
 
 _bootstrap_weights_jit = jax.jit(_bootstrap_weights, static_argnames=(
@@ -496,7 +278,7 @@ def recommend_weight(features, labels, *, ridge: float = 0.0, objective: str = "
     Recommendation.
 
   Raises:
-    ValueError naming the problem for bad inputs (see `prepare`), and
+    ValueError naming the problem for bad inputs (see `encode_inputs`), and
     RecommendationUndefined (a ValueError) when the debiased squared mean difference
     is <= 0 (no detectable signal) or, with ridge = 0, when the fit interpolates
     (d >= n - 1, where every weight gives the same last layer) or delta_eff >= 1.
@@ -510,7 +292,7 @@ def recommend_weight(features, labels, *, ridge: float = 0.0, objective: str = "
     raise ValueError(f"bootstrap: expected an integer >= 0, got {bootstrap!r}")
   if not 0 < level < 1:
     raise ValueError(f"level: expected a value in (0, 1), got {level!r}")
-  x64, y, mapping = prepare(features, labels)
+  x64, y, mapping = encode_inputs(features, labels)
   n_rows, d = x64.shape
   if ridge == 0 and d >= n_rows - 1:
     raise RecommendationUndefined(
@@ -545,13 +327,10 @@ def recommend_weight(features, labels, *, ridge: float = 0.0, objective: str = "
     index_plus = jnp.asarray(np.flatnonzero(y > 0))
     index_minus = jnp.asarray(np.flatnonzero(y < 0))
     keys = jax.random.split(jax.random.key(seed), bootstrap)
-    # "effective_rank" / "whitened" factor a matrix per resample: resamples then run one at
-    # a time, because batched LAPACK calls can deadlock jaxlib 0.10.0-0.10.2's CPU pool.
-    batch = (None if dimension in ("effective_rank", "whitened")
-             else min(batch_size, bootstrap))
     boot = np.asarray(_bootstrap_weights_jit(
         keys, x, is_plus, index_plus, index_minus, dimension=dimension, ridge=float(ridge),
-        objective=objective, log10_range=tuple(log10_range), batch_size=batch), np.float64)
+        objective=objective, log10_range=tuple(log10_range),
+        batch_size=min(batch_size, bootstrap)), np.float64)
     finite = boot[np.isfinite(boot)]
     tail = 50.0 * (1.0 - level)
     interval = ((float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail)))

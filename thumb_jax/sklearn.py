@@ -14,6 +14,7 @@ from __future__ import annotations
 import numbers
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -21,6 +22,9 @@ from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from thumb_jax import lls, recommend
+
+# Jitted at its only use site: one compile per data shape (faster than op-by-op dispatch).
+_fit = jax.jit(lls.fit)
 
 
 class WeightedLeastSquaresClassifier(ClassifierMixin, BaseEstimator):
@@ -122,8 +126,8 @@ class WeightedLeastSquaresClassifier(ClassifierMixin, BaseEstimator):
     # digits on features with a large common offset.
     centre = X.mean(axis=0, dtype=np.float64)
     dtype = jnp.result_type(float)
-    layer = lls.fit(jnp.asarray(X - centre, dtype), jnp.asarray(signs, dtype), self.weight_,
-                    ridge=ridge)
+    layer = _fit(jnp.asarray(X - centre, dtype), jnp.asarray(signs, dtype), self.weight_,
+                 ridge=ridge)
     w = np.asarray(layer.w, np.float64)
     b = float(layer.b) - float(centre @ w)
     orient = 1.0 if minority == 1 else -1.0            # positive scores -> classes_[1]
