@@ -35,16 +35,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import cho_factor, cho_solve
 
-from experiments import common
-from thumb_jax import lls, theory
+from experiments import common, report
+from thumb_jax import io, lls, theory
 from thumb_jax import mixture as mixture_lib
 from thumb_jax.mixture import GaussianMixture
 
@@ -98,7 +98,7 @@ def per_weight_fit(cfg: Config) -> Callable:
 
   def run(x, y, weights):
     layers = [fit(x, y, w) for w in weights]                       # one call per weight
-    return lls.LastLayer(jnp.stack([l.w for l in layers], 1), jnp.stack([l.b for l in layers], 1))
+    return lls.LastLayer(jnp.stack([f.w for f in layers], 1), jnp.stack([f.b for f in layers], 1))
   return run
 
 
@@ -129,7 +129,7 @@ def per_weight_cholesky(cfg: Config) -> Callable:
   def run(x, y, weights):
     g = grams(x, y)
     layers = [solve(*g, w) for w in weights]
-    return lls.LastLayer(jnp.stack([l.w for l in layers], 1), jnp.stack([l.b for l in layers], 1))
+    return lls.LastLayer(jnp.stack([f.w for f in layers], 1), jnp.stack([f.b for f in layers], 1))
   return run
 
 
@@ -176,24 +176,6 @@ def numpy_loop(cfg: Config) -> Callable:
 
 # ----------------------------------------------------------------------------- timing
 
-def block(tree):
-  return jax.tree_util.tree_map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready")
-                                else a, tree)
-
-
-def time_method(fn: Callable, args, *, repeats: int) -> tuple[float, float, list[float], object]:
-  """(first call seconds, median seconds, all repeat times, output)."""
-  start = time.perf_counter()
-  out = block(fn(*args))
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    out = block(fn(*args))
-    times.append(time.perf_counter() - start)
-  return first, float(np.median(times)), times, out
-
-
 def relative_difference(layer: lls.LastLayer, ref: lls.LastLayer) -> float:
   theta = np.concatenate([np.asarray(layer.w, np.float64),
                           np.asarray(layer.b, np.float64)[..., None]], -1)
@@ -209,11 +191,11 @@ def theory_throughput(cfg: Config, *, x64: bool, repeats: int) -> dict:
     deltas = jnp.linspace(0.01, 0.99, cfg.theory_deltas, dtype=dtype)
     weights = jnp.logspace(-1, 3, cfg.theory_weights, dtype=dtype)
     errors = jax.jit(lambda d, w: theory.class_errors(mixture, d[:, None], w[None, :]))
-    first, median, times, out = time_method(errors, (deltas, weights), repeats=repeats)
-    finite = float(np.mean(np.isfinite(np.asarray(out.err_plus))))
+    t = report.time_calls(errors, deltas, weights, repeats=repeats)
+    finite = float(np.mean(np.isfinite(np.asarray(t.output.err_plus))))
   points = cfg.theory_deltas * cfg.theory_weights
-  return {"points": points, "x64": x64, "first_call_s": first, "median_s": median,
-          "points_per_s": points / median, "finite_fraction": finite, "times_s": times}
+  return {"points": points, "x64": x64, "first_call_s": t.first_s, "median_s": t.median_s,
+          "points_per_s": points / t.median_s, "finite_fraction": finite, "times_s": t.times_s}
 
 
 def main_job_wall(cfg: Config) -> dict:
@@ -258,10 +240,10 @@ def run(cfg: Config, out) -> dict:
     methods["scikit-learn Ridge loop"] = (sklearn_loop(cfg), cfg.slow_repeats)
   rows, outputs = [], {}
   for name, (fn, repeats) in common.progress(methods.items(), desc="bench", total=len(methods)):
-    first, median, times, layer = time_method(fn, (x, y, weights), repeats=repeats)
-    outputs[name] = layer
-    rows.append({"method": name, "median_s": median, "first_call_s": first, "repeats": repeats,
-                 "times_s": times})
+    t = report.time_calls(fn, x, y, weights, repeats=repeats)
+    outputs[name] = t.output
+    rows.append({"method": name, "median_s": t.median_s, "first_call_s": t.first_s,
+                 "repeats": repeats, "times_s": t.times_s})
   ref = outputs["NumPy float64 loop"]
   sweep = next(r for r in rows if r["method"].startswith("fit_sweep (jit+vmap"))
   for row in rows:
@@ -288,7 +270,8 @@ def format_table(cfg: Config, results: dict) -> str:
     lines.append(f"{r['method']:40s} {r['median_s']:10.3f} {r['first_call_s']:9.2f} "
                  f"{r['time_vs_fit_sweep']:12.1f} {r['max_rel_diff_vs_float64']:13.1e}")
   for t in results["theory_throughput"]:
-    lines.append(f"theory.class_errors, {t['points']:.2g} points, {'float64' if t['x64'] else 'float32'}: "
+    precision = "float64" if t["x64"] else "float32"
+    lines.append(f"theory.class_errors, {t['points']:.2g} points, {precision}: "
                  f"{t['median_s'] * 1e3:.1f} ms -> {t['points_per_s']:.3g} points/s "
                  f"(first call {t['first_call_s']:.2f} s)")
   job = results["main_job"]
@@ -302,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   cfg, out = common.parse_args(argv, config(), quick=quick, description=__doc__)
   results = run(cfg, out)
   text = format_table(cfg, results)
-  (Path(out) / "bench.txt").write_text(text + "\n")
+  io.write_text(Path(out) / "bench.txt", text + "\n")
   print(text)
   return results
 

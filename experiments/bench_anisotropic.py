@@ -12,29 +12,28 @@ Points (n, weight) per second after compilation, at dimension d, for the three p
                 eigenbasis (a Diagonalized of the same shapes), so its compile time is ~0.
   dense         the general path on the CovarianceMixture (a Cholesky and four triangular
                 solves per fixed-point step, O(d^3)), `dense_points` points of the grid at
-                ridge 0 (the generalized path's problem), jit(lax.map): one unbatched
-                factorization at a time (the project avoids batched LAPACK calls on CPU).
+                ridge 0 (the generalized path's problem), jit(vmap).
 
-Compile time is `lower(...).compile()`; run time is the median of `repeats` calls, each
-blocked until ready. Also checks that every point converged and that the generalized path
-agrees with the dense path at ridge 0 on the dense points. Writes results.json.
+Compile time is `lower(...).compile()`; run time is the median of `repeats` calls after a
+first one, each blocked until ready (`report.time_calls`). Also checks that every point
+converged and that the generalized path agrees with the dense path at ridge 0 on the dense
+points. Writes results.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sys
-import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import anisotropic as experiment
-from experiments import common
+from experiments import common, report
 from thumb_jax import anisotropic as an
-from thumb_jax import retrain
+from thumb_jax import mixture as mixture_lib
+from thumb_jax import platform
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,25 +72,17 @@ def grid_errors(form, ns: jax.Array, weights: jax.Array, ridge) -> an.GeneralErr
 
 def dense_errors(mixture: an.CovarianceMixture, ns: jax.Array, weights: jax.Array,
                  ridges: jax.Array) -> an.GeneralErrors:
-  """class_errors at points (ns, weights, ridges) [P], one point at a time (lax.map)."""
-  return jax.lax.map(lambda p: an.class_errors(mixture, n=p[0], weight=p[1], ridge=p[2]),
-                     (ns, weights, ridges))
+  """class_errors at points (ns, weights, ridges) [P] (pure; jit at the call site)."""
+  return jax.vmap(lambda n, w, r: an.class_errors(mixture, n=n, weight=w, ridge=r))(
+      ns, weights, ridges)
 
 
 def time_compiled(fn: Callable, args: tuple, repeats: int) -> tuple[dict, object]:
-  """Compile time and the median of `repeats` blocked calls; returns (timings, output)."""
-  timings: dict = {}
-  jitted = jax.jit(fn)
-  with common.stopwatch(timings, "compile_s"):
-    compiled = jitted.lower(*args).compile()
-  runs = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    out = jax.block_until_ready(compiled(*args))
-    runs.append(time.perf_counter() - start)
-  timings["run_s"] = runs
-  timings["run_median_s"] = float(np.median(runs))
-  return timings, out
+  """Compile time (`report.compile_timed`) and `report.time_calls` of the compiled function."""
+  compiled, timings = report.compile_timed(jax.jit(fn), *args)
+  t = report.time_calls(compiled, *args, repeats=repeats)
+  return {**timings, "first_s": t.first_s, "run_s": t.times_s,
+          "run_median_s": t.median_s}, t.output
 
 
 def path_summary(timings: dict, out: an.GeneralErrors, points: int, target: float) -> dict:
@@ -105,19 +96,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
   cfg, out = common.parse_args(argv, config(), quick=quick, description=__doc__)
   dtype = jnp.result_type(float)
   key_model, key_eig = jax.random.split(jax.random.key(cfg.seed))
-  mixture = experiment.power_law_mixture(
+  mixture = mixture_lib.power_law_mixture(
       key_model, d=cfg.d, pi_plus=cfg.pi_plus, power_plus=cfg.power_plus,
       power_minus=cfg.power_minus, mahalanobis_sq=cfg.mahalanobis_sq, mean_alignment=0.5,
       commuting=False)
-  mix = experiment.as_jnp(mixture)
+  mix = mixture._replace(**{k: jnp.asarray(getattr(mixture, k), dtype)
+                           for k in mixture._fields[1:]})
   ns = jnp.asarray(np.geomspace(cfg.d / cfg.delta_min, cfg.d / cfg.delta_max, cfg.num_n), dtype)
   weights = jnp.asarray(np.geomspace(cfg.weight_min, cfg.weight_max, cfg.num_weights), dtype)
   grid_points = cfg.num_n * cfg.num_weights
   # Fast path (a): the same spectra, given by eigenvalues (a shared basis), a random mean.
   signal = np.sqrt(cfg.mahalanobis_sq / cfg.d) * np.asarray(jax.random.normal(key_eig, (cfg.d,)))
   eig = an.from_eigenbasis(
-      pi_plus=cfg.pi_plus, eig_plus=experiment.power_law(cfg.d, cfg.power_plus),
-      eig_minus=experiment.power_law(cfg.d, cfg.power_minus),
+      pi_plus=cfg.pi_plus, eig_plus=mixture_lib.power_law_spectrum(cfg.d, cfg.power_plus),
+      eig_minus=mixture_lib.power_law_spectrum(cfg.d, cfg.power_minus),
       mean_plus=0.5 * signal, mean_minus=-0.5 * signal)
   # Dense points: spread over the grid.
   pick = np.linspace(0, grid_points - 1, cfg.dense_points).round().astype(int)
@@ -125,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   dense_w = jnp.tile(weights, cfg.num_n)[pick]
 
   results: dict = {"d": cfg.d, "grid": [cfg.num_n, cfg.num_weights]}
-  with retrain.single_threaded_blas():
+  with platform.single_threaded_blas():
     timings, form = time_compiled(an.prepare, (mix,), cfg.repeats)
     results["prepare"] = timings
     results["prepare_ridge_exact"] = bool(form.ridge_exact)

@@ -7,9 +7,9 @@ jitted call over sizes x repeats x weights (by default d = 512, 12 sizes n = 128
 10 repeats, 32 weights, ridge 1e-3), with every method of `retrain.sweep` (subsample masks,
 plug-in theory weights per subsample and on the pool, downsampling, the theory overlay):
 the computation `retrain.run` jits. Compile time is `lower(...).compile()`; run time is the
-median of `num_runs` calls after it, each blocked until the results are ready (target:
-under 5 s on 2 CPU cores), with the process's CPU seconds and the load average beside it
-(other jobs on the machine inflate the wall time). Writes results.json.
+median of `num_runs` calls after a first one (`report.time_calls`), each blocked until the
+results are ready, with the process's CPU seconds and the load average beside it (other
+jobs on the machine inflate the wall time). Writes results.json.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
-from thumb_jax import mixture, retrain
+from experiments import common, report
+from thumb_jax import mixture, platform, retrain, subsample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +40,7 @@ class Config:
   ridge: float = 1e-3
   batch_size: int = 8
   num_runs: int = 3
-  single_thread_blas: bool = True   # see retrain.single_threaded_blas
+  single_thread_blas: bool = True   # see platform.single_threaded_blas
   seed: int = 0
 
 
@@ -70,23 +69,17 @@ def main(argv=None) -> dict:
           jnp.asarray(count_minus), weights)
   static = dict(num_repeats=cfg.num_repeats, ridge=cfg.ridge, objective="worst",
                 dimension="ambient", batch_size=cfg.batch_size,
-                row_buffers=retrain.buffer_lengths(count_plus, count_minus, cfg.pool_size))
+                row_buffers=subsample.buffer_lengths(count_plus, count_minus, cfg.pool_size))
 
-  timings: dict = {}
-  blas = retrain.single_threaded_blas() if cfg.single_thread_blas else contextlib.nullcontext()
+  blas = platform.single_threaded_blas() if cfg.single_thread_blas else contextlib.nullcontext()
   with blas:
-    with common.stopwatch(timings, "lower_s"):
-      lowered = retrain._run_jit.lower(*args, **static)  # pylint: disable=protected-access
-    with common.stopwatch(timings, "compile_s"):
-      compiled = lowered.compile()
-    runs, cpu = [], []
-    for _ in range(cfg.num_runs):
-      start, start_cpu = time.perf_counter(), time.process_time()
-      result = jax.block_until_ready(compiled(*args))
-      runs.append(time.perf_counter() - start)
-      cpu.append(time.process_time() - start_cpu)
+    compiled, timings = report.compile_timed(
+        retrain._run_jit, *args, **static)  # pylint: disable=protected-access
+    t = report.time_calls(compiled, *args, repeats=cfg.num_runs)
+  result, runs, cpu = t.output, t.times_s, t.cpu_s
+  timings["first_run_s"] = t.first_s
   timings["run_s"] = runs
-  timings["run_median_s"] = float(np.median(runs))
+  timings["run_median_s"] = t.median_s
   # CPU seconds of this process per run (all its threads): with other jobs on the machine
   # the wall time grows, this much less.
   timings["run_cpu_s"] = cpu
@@ -97,8 +90,10 @@ def main(argv=None) -> dict:
       "grid_solves": num_fits * cfg.num_weights,
       "timings": timings,
       "target_run_s": 5.0,
-      "mean_worst_error_theory": np.asarray(result.methods.theory.errors.worst).mean(axis=1),
-      "mean_worst_error_prior_ratio": np.asarray(result.methods.prior_ratio.errors.worst).mean(axis=1),
+      "mean_worst_error_theory": np.asarray(
+          result.methods.theory_ambient.errors.worst).mean(axis=1),
+      "mean_worst_error_prior_ratio": np.asarray(
+          result.methods.prior_ratio.errors.worst).mean(axis=1),
   }
   print(f"retrain sweep d={cfg.dim} N={cfg.pool_size} sizes={len(sizes)} repeats={cfg.num_repeats} "
         f"weights={cfg.num_weights}: lower {timings['lower_s']:.1f} s, compile "

@@ -1,4 +1,4 @@
-"""Small helpers shared by the experiment entry points.
+"""Config, CLI and results for the experiment entry points (figures and intervals: `report`).
 
 Every entry point follows one pattern:
 
@@ -10,6 +10,7 @@ Every entry point follows one pattern:
       common.save_results(out / "results.json", config=cfg, results=...)
 
 and the CLI is `python -m experiments.NAME --out DIR [--quick] [--set key=value ...]`
+(--help lists every key with its default; --out is checked to be writable up front)
 (`parse_args(..., flags=("dataset",))` also accepts `--dataset VALUE` for that field).
 Tuples are given comma-separated (`--set deltas=0.1,0.5`), booleans as true/false.
 """
@@ -20,22 +21,20 @@ import argparse
 import contextlib
 import csv
 import dataclasses
-import json
-import math
+import io as _io
 import os
 import platform
-import tempfile
 import time
 import types
 import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after selecting the Agg backend)
-import numpy as np  # noqa: E402
+from experiments.report import plt
+from thumb_jax import io
 
 C = TypeVar("C")
 
@@ -94,6 +93,24 @@ def override(cfg: C, pairs: Iterable[str]) -> C:
   return dataclasses.replace(cfg, **changes)
 
 
+def config_help(cfg) -> str:
+  """One line per config field: `key=default  (type)`, for --help."""
+  hints = typing.get_type_hints(type(cfg))
+  lines = []
+  for field in dataclasses.fields(cfg):
+    value = getattr(cfg, field.name)
+    if isinstance(value, tuple):
+      shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    elif isinstance(value, bool):
+      shown = str(value).lower()
+    else:
+      shown = f"{value:g}" if isinstance(value, float) else str(value)
+    hint = hints[field.name]
+    kind = hint.__name__ if isinstance(hint, type) else str(hint)
+    lines.append(f"  {field.name}={shown}  ({kind})")
+  return "\n".join(lines)
+
+
 def parse_args(argv: Sequence[str] | None, default: C, *,
                quick: Callable[[C], C] | None = None,
                description: str | None = None,
@@ -102,16 +119,23 @@ def parse_args(argv: Sequence[str] | None, default: C, *,
 
   --quick applies `quick` to the default first; then each config field named in `flags`
   may be given as its own option (`--dataset celeba` is `--set dataset=celeba`); --set
-  overrides come last. The output directory is created.
+  overrides come last. --help lists every --set key with its default. The output
+  directory is created and checked to be writable before anything runs.
+
+  Raises:
+    ValueError: a bad override, or an --out that is a file or not writable.
   """
-  parser = argparse.ArgumentParser(description=(description or "").split("\n\n")[0])
+  parser = argparse.ArgumentParser(
+      description=(description or "").split("\n\n")[0],
+      epilog="--set keys (defaults):\n" + config_help(default),
+      formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--out", required=True, help="output directory (created)")
   parser.add_argument("--quick", action="store_true", help="tiny configuration")
   for name in flags:
     parser.add_argument(f"--{name}", dest=f"flag_{name}", default=None, metavar="VALUE",
                         help=f"config field {name!r} (same as --set {name}=VALUE)")
   parser.add_argument("--set", dest="overrides", action="append", default=[],
-                      metavar="KEY=VALUE", help="override a config field (repeatable)")
+                      metavar="KEY=VALUE", help="override a config field (repeatable; keys below)")
   args = parser.parse_args(argv)
   cfg = default
   if args.quick:
@@ -121,7 +145,7 @@ def parse_args(argv: Sequence[str] | None, default: C, *,
   given = [f"{name}={getattr(args, f'flag_{name}')}" for name in flags
            if getattr(args, f"flag_{name}") is not None]
   cfg = override(cfg, [*given, *args.overrides])
-  return cfg, ensure_dir(args.out)
+  return cfg, io.check_writable_dir(args.out, name="--out")
 
 
 def ensure_dir(path) -> Path:
@@ -130,20 +154,30 @@ def ensure_dir(path) -> Path:
   return path
 
 
+def positive_ints(cfg, *names: str, minimum: int = 1) -> None:
+  """Raises ValueError naming the first field of `names` that is not an int >= minimum."""
+  for name in names:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+      raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+
+
 # ----------------------------------------------------------------------------- platform / timing
 
 def platform_info() -> dict:
   """Versions and hardware that a timing or a number depends on."""
   import jax  # local: keeps `common` importable without initializing a backend
 
+  from thumb_jax import devices
+
   device = jax.devices()[0]
   return {
       "jax": jax.__version__,
       "numpy": np.__version__,
       "python": platform.python_version(),
-      "backend": jax.default_backend(),
+      **devices.describe(),               # devices, processes, backend
       "device_kind": device.device_kind,
-      "device_count": jax.device_count(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "cpu_count": os.cpu_count(),
       "machine": platform.machine(),
       "x64": bool(jax.config.jax_enable_x64),
@@ -170,63 +204,22 @@ def progress(iterable: Iterable, *, desc: str, total: int | None = None):
 
 # ----------------------------------------------------------------------------- writing results
 
-def to_jsonable(obj):
-  """Arrays -> lists, NaN/inf -> None (strict JSON), dataclasses/NamedTuples -> dicts."""
-  if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-    return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-  if isinstance(obj, tuple) and hasattr(obj, "_asdict"):
-    return {k: to_jsonable(v) for k, v in obj._asdict().items()}
-  if isinstance(obj, Mapping):
-    return {str(k): to_jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [to_jsonable(v) for v in obj]
-  if isinstance(obj, Path):
-    return str(obj)
-  if hasattr(obj, "__array__") and not isinstance(obj, (str, bytes)):
-    arr = np.asarray(obj)
-    return to_jsonable(arr.item()) if arr.ndim == 0 else to_jsonable(arr.tolist())
-  if isinstance(obj, (np.integer, np.bool_)):
-    return obj.item()
-  if isinstance(obj, (float, np.floating)):
-    value = float(obj)
-    return value if math.isfinite(value) else None
-  return obj
-
-
-def write_json(path, payload) -> Path:
-  """Atomic JSON write: a temp file in the same directory, then os.replace."""
-  path = Path(path)
-  ensure_dir(path.parent)
-  text = json.dumps(to_jsonable(payload), indent=1, allow_nan=False)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text + "\n")
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(tmp)
-    raise
-  return path
-
-
 def save_results(path, *, config, results: Mapping, **extra) -> Path:
   """Writes {"config", "platform", **extra, "results"} atomically as JSON."""
   payload = {"config": config, "platform": platform_info(), **extra, "results": results}
-  return write_json(path, payload)
+  return io.write_json(path, payload)
 
 
 def write_csv(path, rows: Sequence[Mapping]) -> Path:
-  """Writes a list of flat dicts (same keys) as CSV; NaN is written as an empty cell."""
-  path = Path(path)
-  ensure_dir(path.parent)
+  """Writes a list of flat dicts (same keys) as CSV atomically; NaN is an empty cell."""
   fields = list(rows[0].keys()) if rows else []
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
-    writer.writeheader()
-    for row in rows:
-      writer.writerow({k: ("" if to_jsonable(v) is None else to_jsonable(v)) for k, v in row.items()})
-  return path
+  text = _io.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=fields)
+  writer.writeheader()
+  for row in rows:
+    cells = {k: io.to_jsonable(v) for k, v in row.items()}
+    writer.writerow({k: "" if v is None else v for k, v in cells.items()})
+  return io.write_text(path, text.getvalue())
 
 
 def save_figure(fig, path, *, dpi: int = 130) -> Path:

@@ -26,16 +26,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import jax
-import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments import common, gaussian
+from experiments import common, report
+from experiments.report import plt
 from thumb_jax import mixture as mixture_lib
-from thumb_jax import theory
+from thumb_jax import simulate, subsample, theory
 from thumb_jax.metrics import ClassErrors
 from thumb_jax.mixture import GaussianMixture
 
@@ -82,9 +83,13 @@ class Choice(NamedTuple):
 
 
 def _best_over_ridges(errors: ClassErrors, ridges: np.ndarray):
-  """Index [D] of the ridge (last axis) with the smallest worst-class error, and its errors."""
+  """The ridge [D] (of the last axis) with the smallest worst-class error, and its errors.
+
+  Where the theory is undefined at every ridge (NaN: e.g. ridge 0 exactly at delta' = 1)
+  the first ridge is returned with NaN errors, so the point is flagged, never dropped.
+  """
   worst = np.maximum(np.asarray(errors.err_plus), np.asarray(errors.err_minus))
-  k = np.nanargmin(np.where(np.isfinite(worst), worst, np.nan), axis=-1)
+  k = np.argmin(np.where(np.isfinite(worst), worst, np.inf), axis=-1)
   take = lambda a: np.take_along_axis(np.asarray(a), k[:, None], axis=-1)[:, 0]
   return ridges[k], ClassErrors(take(errors.err_plus), take(errors.err_minus)), take
 
@@ -137,7 +142,8 @@ def choose(cfg: Config, mixture: GaussianMixture, deltas: np.ndarray, regime: st
     raise ValueError(f"regimes: expected names from {REGIMES}, got {regime!r}")
   deltas = np.asarray(deltas, np.float64)
   pis = np.full(deltas.shape, cfg.pi_plus) if pi_plus is None else np.asarray(pi_plus)
-  ridges = np.zeros(1) if regime == "ridge0" else np.asarray(cfg.ridge_grid, np.float64)
+  # ridge0: zeros of the grid's shape, so both regimes share one compiled `_candidates`.
+  ridges = np.asarray(cfg.ridge_grid, np.float64) * (regime == "tuned")
   weights, candidates = _candidates(mixture, pis, deltas, ridges,                # [D, R]
                                     log10_range=tuple(cfg.log10_range), methods=tuple(methods))
   ridge, weight, errors = {}, {}, {}
@@ -148,36 +154,63 @@ def choose(cfg: Config, mixture: GaussianMixture, deltas: np.ndarray, regime: st
   return Choice(ridge, weight, errors)
 
 
-def theory_curves(cfg: Config, mixture: GaussianMixture, regime: str) -> dict:
-  """Per-class errors of each method on a dense delta grid (n = d / delta)."""
-  deltas = np.linspace(0.02, 0.97, cfg.theory_points)
-  choice = choose(cfg, mixture, deltas, regime)
-  return {"delta": deltas, "n": cfg.d / deltas,
-          **{m: {"ridge": choice.ridge[m], "weight": choice.weight[m],
-                 "err_plus": e.err_plus, "err_minus": e.err_minus,
-                 "worst": np.maximum(np.asarray(e.err_plus), np.asarray(e.err_minus))}
-             for m, e in choice.errors.items()}}
+def _part(choice: Choice, rows: slice) -> Choice:
+  cut = lambda v: np.asarray(v)[rows]
+  return Choice({m: cut(v) for m, v in choice.ridge.items()},
+                {m: cut(v) for m, v in choice.weight.items()},
+                {m: ClassErrors(cut(e.err_plus), cut(e.err_minus))
+                 for m, e in choice.errors.items()})
 
 
-def simulate(cfg: Config, mixture: GaussianMixture, keys: jax.Array) -> dict:
-  """All regimes, methods and sizes in one sweep: one row (mask, weight, ridge) each."""
-  sizes = gaussian.sizes_for(cfg.deltas, cfg.d)
-  y = gaussian.pool_labels(mixture, int(sizes.max()))
-  full = np.asarray(mixture_lib.nested_masks(y, sizes, pi_plus=cfg.pi_plus))
-  down = np.asarray(gaussian.downsample_masks(y, sizes, cfg.pi_plus))
+def theory_choices(cfg: Config, mixture: GaussianMixture, sizes: np.ndarray,
+                   n_down: np.ndarray) -> tuple[dict, dict]:
+  """Per regime, the theory's choices at the simulated sizes and on a dense delta grid.
+
+  One `choose` call per regime covers the realized sizes (at their realized minority share),
+  the downsampled sets (at delta = 2 pi_+ d / n_down, i.e. delta' = d / n_down) and the
+  curve grid.
+
+  Returns:
+    ({regime: Choice [S]} for the simulation, the downsample entry at the downsampled sets;
+     {regime: curves dict} on the grid delta in [0.02, 0.97], n = d / delta).
+  """
   realized = cfg.d / sizes
-  n_down = down.sum(axis=1).astype(int)
-  # delta' = d / n_down is reached by delta = 2 pi_+ d / n_down (theory at the realized sizes).
   delta_down = 2 * cfg.pi_plus * cfg.d / n_down
+  grid = np.linspace(0.02, 0.97, cfg.theory_points)
   pis = np.asarray([mixture_lib.class_counts(int(n), cfg.pi_plus)[0] / n for n in sizes])
-  choices = {}
+  deltas = np.concatenate([realized, delta_down, grid])
+  pi_all = np.concatenate([pis, np.full(len(delta_down) + len(grid), cfg.pi_plus)])
+  k = len(sizes)
+  choices, curves = {}, {}
   with jax.enable_x64(cfg.theory_x64):
     for regime in cfg.regimes:
-      at_sizes = choose(cfg, mixture, realized, regime, pi_plus=pis)
-      at_down = choose(cfg, mixture, delta_down, regime, methods=("downsample",))
+      everything = choose(cfg, mixture, deltas, regime, pi_plus=pi_all)
+      at_sizes, at_down = _part(everything, slice(0, k)), _part(everything, slice(k, 2 * k))
       choices[regime] = at_sizes._replace(
           ridge={**at_sizes.ridge, "downsample": at_down.ridge["downsample"]},
           errors={**at_sizes.errors, "downsample": at_down.errors["downsample"]})
+      curve = _part(everything, slice(2 * k, None))
+      curves[regime] = {"delta": grid, "n": cfg.d / grid, **{
+          m: {"ridge": curve.ridge[m], "weight": curve.weight[m],
+              "err_plus": e.err_plus, "err_minus": e.err_minus,
+              "worst": np.maximum(e.err_plus, e.err_minus)}
+          for m, e in curve.errors.items()}}
+  return choices, curves
+
+
+def run_simulation(cfg: Config, mixture: GaussianMixture, keys: jax.Array) -> tuple[dict, dict]:
+  """All regimes, methods and sizes in one sweep: one row (mask, weight, ridge) each.
+
+  Returns:
+    (simulation results, theory curves per regime).
+  """
+  sizes = simulate.sizes_for(cfg.deltas, cfg.d)
+  y = simulate.pool_labels(cfg.pi_plus, int(sizes.max()))
+  full = np.asarray(subsample.nested_masks(y, sizes, pi_plus=cfg.pi_plus))
+  down = np.asarray(subsample.downsample_masks(y, full))
+  realized = cfg.d / sizes
+  n_down = down.sum(axis=1).astype(int)
+  choices, curves = theory_choices(cfg, mixture, sizes, n_down)
   masks, weights, ridges, index = [], [], [], {}
   for regime, choice in choices.items():
     for method in METHODS:
@@ -185,7 +218,7 @@ def simulate(cfg: Config, mixture: GaussianMixture, keys: jax.Array) -> dict:
       masks.extend(down if method == "downsample" else full)
       weights.extend(choice.weight[method])
       ridges.extend(choice.ridge[method])
-  errors = gaussian.run_sweep(mixture, keys, d=cfg.d, masks=np.stack(masks),
+  errors = simulate.run_sweep(mixture, keys, d=cfg.d, masks=np.stack(masks),
                               weights=np.asarray(weights)[:, None], ridges=np.asarray(ridges))
   out = {"n": sizes, "delta": realized, "n_downsampled": n_down,
          "delta_downsampled": cfg.d / n_down}
@@ -194,19 +227,20 @@ def simulate(cfg: Config, mixture: GaussianMixture, keys: jax.Array) -> dict:
     for method in METHODS:
       rows = index[regime, method]
       e = ClassErrors(errors.err_plus[:, rows, 0], errors.err_minus[:, rows, 0])
-      summary = gaussian.summarize(e)
+      summary = simulate.intervals(e)
       th = ClassErrors(np.asarray(choice.errors[method].err_plus),
                        np.asarray(choice.errors[method].err_minus))
       entry[method] = {"ridge": choice.ridge[method], "weight": choice.weight[method],
-                       "err_plus": gaussian.ci_dict(summary.err_plus),
-                       "err_minus": gaussian.ci_dict(summary.err_minus),
-                       "worst": gaussian.ci_dict(summary.worst),
+                       **{name: report.interval_dict(ci)
+                          for name, ci in summary._asdict().items()},
                        "theory_err_plus": th.err_plus, "theory_err_minus": th.err_minus,
-                       "theory_worst": np.maximum(th.err_plus, th.err_minus)}
-      agreements[method] = gaussian.agreement(summary, th)
+                       "theory_worst": np.maximum(th.err_plus, th.err_minus),
+                       # False where the theory is undefined (NaN), e.g. delta' = 1 at ridge 0.
+                       "theory_defined": np.isfinite(np.maximum(th.err_plus, th.err_minus))}
+      agreements[method] = simulate.agreement(summary, th)._asdict()
     entry["agreement"] = agreements
     out[regime] = entry
-  return out
+  return out, curves
 
 
 def plot(cfg: Config, curves: dict, sim: dict):
@@ -222,10 +256,7 @@ def plot(cfg: Config, curves: dict, sim: dict):
       for ax, cls in zip(row, ("worst", "err_plus", "err_minus")):
         ax.plot(curves[regime]["n"], curves[regime][method][cls], "-", color=color,
                 label=labels[method] if cls == "worst" else None)
-        stats = sim[regime][method][cls]
-        mean = stats["mean"]
-        yerr = np.stack([mean - stats["low"], stats["high"] - mean])
-        ax.errorbar(sim["n"], mean, yerr=yerr, fmt="o", color=color, ms=4, capsize=2)
+        report.errorbar(ax, sim["n"], sim[regime][method][cls], color=color)
     name = ("ridge 0" if regime == "ridge0"
             else "each method's best ridge (theory, per n)")
     for ax, title in zip(row, titles):
@@ -234,7 +265,7 @@ def plot(cfg: Config, curves: dict, sim: dict):
       ax.set_xlabel(f"retraining set size n (d = {cfg.d})")
       ax.set_title(f"{title}, {name}", fontsize=9)
       ax.set_ylim(0, None)
-      ax.grid(alpha=0.3, which="both")
+      ax.grid(True, which="both")
     row[0].text(threshold, 0.02, r" downsampled $\delta' = 1$", fontsize=7, color="tab:green")
   handles, names = axes[0, 0].get_legend_handles_labels()
   fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8,
@@ -256,14 +287,14 @@ def csv_rows(sim: dict, regimes: Sequence[str]) -> list[dict]:
                "ridge": entry["ridge"][i], "weight": entry["weight"][i],
                "n_fit": int(sim["n_downsampled"][i]) if method == "downsample" else int(n)}
         for cls in ("err_plus", "err_minus", "worst"):
-          for stat in ("mean", "low", "high"):
-            row[f"{cls}_{stat}"] = entry[cls][stat][i]
+          row.update(report.interval_columns(cls, entry[cls], i))
           row[f"theory_{cls}"] = np.asarray(entry[f"theory_{cls}"])[i]
         rows.append(row)
   return rows
 
 
-def summarize(sim: dict, regimes: Sequence[str]) -> dict:
+def key_numbers(sim: dict, regimes: Sequence[str]) -> dict:
+  """Per regime and method: ridge, simulated and theory worst-class error per n, gaps."""
   out = {"n": sim["n"]}
   for regime in regimes:
     entry = sim[regime]
@@ -277,6 +308,8 @@ def summarize(sim: dict, regimes: Sequence[str]) -> dict:
     down = np.asarray(entry["downsample"]["theory_worst"])
     part["downsampling_beats_optimal_weighting_at_n"] = np.asarray(sim["n"])[down < opt]
     part["optimal_minus_downsample_worst_theory"] = opt - down
+    undefined = ~np.all([entry[m]["theory_defined"] for m in METHODS], axis=0)
+    part["theory_undefined_at_n"] = np.asarray(sim["n"])[undefined]
     out[regime] = part
   return out
 
@@ -289,13 +322,19 @@ def headline(summary: dict) -> str:
     cells = [f"n={n}: opt {part['optimal_worst_sim'][i]:.3f} / prior "
              f"{part['prior_worst_sim'][i]:.3f} / down {part['downsample_worst_sim'][i]:.3f}"
              for i, n in enumerate(summary["n"])]
-    gaps = max(part[f"{m}_max_abs_gap"] for m in METHODS)
+    gaps = max([g for g in (part[f"{m}_max_abs_gap"] for m in METHODS) if np.isfinite(g)],
+               default=np.nan)
+    undefined = list(np.asarray(part["theory_undefined_at_n"]).tolist())
     lines.append(f"{regime}: worst-class error (sim) " + "; ".join(cells)
-                 + f"; max |sim - theory| {gaps:.3f}")
+                 + f"; max |sim - theory| {gaps:.3f}"
+                 + (f"; theory undefined (delta' = 1, ridge 0) at n = {undefined}"
+                    if undefined else ""))
   return "\n".join(lines)
 
 
 def run(cfg: Config, out) -> dict:
+  common.positive_ints(cfg, "num_seeds", "d", "theory_points", minimum=2)
+  simulate.sizes_for(cfg.deltas, cfg.d)
   out = common.ensure_dir(out)
   unknown = [r for r in cfg.regimes if r not in REGIMES]
   if unknown:
@@ -304,18 +343,15 @@ def run(cfg: Config, out) -> dict:
     raise ValueError(f"ridge_grid: expected ridges > 0, got {cfg.ridge_grid}")
   mixture = GaussianMixture.symmetric(pi_plus=cfg.pi_plus, mean_norm=cfg.mean_norm)
   timings = {}
-  keys = gaussian.fold(gaussian.seed_keys(cfg.seed, cfg.num_seeds), 0)
-  for stage in common.progress(("simulation", "theory", "figures"), desc="downsampling"):
+  keys = simulate.fold(simulate.seed_keys(cfg.seed, cfg.num_seeds), 0)
+  for stage in common.progress(("simulation", "figures"), desc="downsampling"):
     with common.stopwatch(timings, stage):
       if stage == "simulation":
-        sim = simulate(cfg, mixture, keys)
-      elif stage == "theory":
-        with jax.enable_x64(cfg.theory_x64):
-          curves = {regime: theory_curves(cfg, mixture, regime) for regime in cfg.regimes}
+        sim, curves = run_simulation(cfg, mixture, keys)
       else:
         common.save_figure(plot(cfg, curves, sim), Path(out) / "downsampling.png")
   common.write_csv(Path(out) / "downsampling.csv", csv_rows(sim, cfg.regimes))
-  summary = summarize(sim, cfg.regimes)
+  summary = key_numbers(sim, cfg.regimes)
   results = {"simulation": sim, "theory": curves, "summary": summary, "seconds": timings}
   common.save_results(Path(out) / "results.json", config=cfg, results=results,
                       experiment="downsampling")

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
-import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments import common, gaussian
-from thumb_jax import mixture as mixture_lib
-from thumb_jax import theory
+from experiments import common, report
+from experiments.report import plt
+from thumb_jax import simulate, subsample, theory
 from thumb_jax.metrics import ClassErrors
 from thumb_jax.mixture import GaussianMixture
 
@@ -38,6 +37,10 @@ class Config:
   theory_x64: bool = True                      # theory in float64 (simulation stays float32)
 
 
+# The theory, compiled once per shape (every study jitting the same function shares it).
+class_errors = jax.jit(theory.class_errors)
+
+
 def config() -> Config:
   return Config()
 
@@ -49,30 +52,28 @@ def quick(cfg: Config) -> Config:
 
 def run_prior(cfg: Config, pi_plus: float, keys: jax.Array) -> dict:
   mixture = GaussianMixture.symmetric(pi_plus=pi_plus, mean_norm=cfg.mean_norm)
-  sizes = gaussian.sizes_for(cfg.deltas, cfg.d)
-  n_pool = int(sizes.max())
-  masks = mixture_lib.nested_masks(gaussian.pool_labels(mixture, n_pool), sizes, pi_plus=pi_plus)
+  sizes = simulate.sizes_for(cfg.deltas, cfg.d)
+  masks = subsample.nested_masks(simulate.pool_labels(pi_plus, int(sizes.max())), sizes,
+                                 pi_plus=pi_plus)
   ratio = float(theory.prior_ratio(pi_plus))
   weights = np.array([1.0, ratio])
-  errors = gaussian.run_sweep(mixture, keys, d=cfg.d, masks=masks,
+  errors = simulate.run_sweep(mixture, keys, d=cfg.d, masks=masks,
                               weights=np.tile(weights, (len(sizes), 1)),
                               ridges=np.zeros(len(sizes)))
-  summary = gaussian.summarize(errors)                                   # [R, K]
+  sim = simulate.intervals(errors)                                       # [R, K]
   realized = cfg.d / sizes
   grid = np.linspace(min(0.02, min(cfg.deltas)), max(0.98, max(cfg.deltas)), cfg.theory_points)
   with jax.enable_x64(cfg.theory_x64):
-    at_points = theory.class_errors(mixture, realized[:, None], weights[None, :])
-    curves = theory.class_errors(mixture, grid[:, None], weights[None, :])
+    at_points = class_errors(mixture, realized[:, None], weights[None, :])
+    curves = class_errors(mixture, grid[:, None], weights[None, :])
   return {
       "pi_plus": pi_plus, "prior_ratio": ratio, "weights": weights,
       "theory": {"delta": grid, "err_plus": curves.err_plus, "err_minus": curves.err_minus},
       "simulation": {"n": sizes, "delta": realized,
-                     "err_plus": gaussian.ci_dict(summary.err_plus),
-                     "err_minus": gaussian.ci_dict(summary.err_minus),
-                     "worst": gaussian.ci_dict(summary.worst),
+                     **{name: report.interval_dict(ci) for name, ci in sim._asdict().items()},
                      "theory_err_plus": at_points.err_plus,
                      "theory_err_minus": at_points.err_minus},
-      "agreement": gaussian.agreement(summary, ClassErrors(*at_points)),
+      "agreement": simulate.agreement(sim, ClassErrors(*at_points))._asdict(),
   }
 
 
@@ -86,15 +87,13 @@ def plot(per_prior: list[dict], cfg: Config):
         name = "minority" if cls == "err_plus" else "majority"
         ax.plot(th["delta"], np.asarray(th[cls])[:, k], style, color=color,
                 label=f"{name}, {label}")
-        mean = sim[cls]["mean"][:, k]
-        yerr = np.stack([mean - sim[cls]["low"][:, k], sim[cls]["high"][:, k] - mean])
-        ax.errorbar(sim["delta"], mean, yerr=yerr, fmt=marker, color=color, ms=4, capsize=2,
-                    mfc="white" if cls == "err_minus" else color)
+        column = {stat: v[:, k] for stat, v in sim[cls].items()}
+        report.errorbar(ax, sim["delta"], column, fmt=marker, color=color,
+                        mfc="white" if cls == "err_minus" else color)
     ax.set_title(rf"$\pi_+ = {res['pi_plus']}$ ($\pi_-/\pi_+ = {res['prior_ratio']:.3g}$), "
                  rf"$|\mu| = {cfg.mean_norm}$, $d = {cfg.d}$", fontsize=9)
     ax.set_xlabel(r"$\delta = d / n$")
     ax.set_ylim(0, None)
-    ax.grid(alpha=0.3)
   axes[0, 0].set_ylabel("per-class test error")
   handles, labels = axes[0, 0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.08))
@@ -112,15 +111,15 @@ def csv_rows(per_prior: list[dict]) -> list[dict]:
         row = {"pi_plus": res["pi_plus"], "n": int(n), "delta": sim["delta"][i],
                "weight": weight}
         for cls in ("err_plus", "err_minus", "worst"):
-          for stat in ("mean", "low", "high"):
-            row[f"{cls}_{stat}"] = sim[cls][stat][i, k]
+          row.update(report.interval_columns(cls, sim[cls], (i, k)))
         row["theory_err_plus"] = np.asarray(sim["theory_err_plus"])[i, k]
         row["theory_err_minus"] = np.asarray(sim["theory_err_minus"])[i, k]
         rows.append(row)
   return rows
 
 
-def summarize(per_prior: list[dict]) -> dict:
+def key_numbers(per_prior: list[dict]) -> dict:
+  """Per prior: errors of the prior-ratio weight at the largest delta, and the agreement."""
   out = {}
   for res in per_prior:
     sim = res["simulation"]
@@ -143,19 +142,24 @@ def headline(summary: dict) -> str:
     parts.append(f"{key}: at delta={s['delta_max']:.2f} prior ratio gives err+/err- = "
                  f"{s['prior_ratio_err_plus_sim']:.3f}/{s['prior_ratio_err_minus_sim']:.3f} "
                  f"(theory {s['prior_ratio_err_plus_theory']:.3f}/"
-                 f"{s['prior_ratio_err_minus_theory']:.3f}), max gap {s['agreement_max_abs_gap']:.3f}")
+                 f"{s['prior_ratio_err_minus_theory']:.3f}), max gap "
+                 f"{s['agreement_max_abs_gap']:.3f}")
   return "; ".join(parts)
 
 
 def run(cfg: Config, out) -> dict:
+  common.positive_ints(cfg, "num_seeds", "d", "theory_points", minimum=2)
+  if not cfg.pi_plus or not all(0 < p < 1 for p in cfg.pi_plus):
+    raise ValueError(f"pi_plus: expected priors in (0, 1), got {cfg.pi_plus}")
+  simulate.sizes_for(cfg.deltas, cfg.d)
   out = common.ensure_dir(out)
   timings = {}
-  keys = gaussian.seed_keys(cfg.seed, cfg.num_seeds)
+  keys = simulate.seed_keys(cfg.seed, cfg.num_seeds)
   per_prior = []
   with common.stopwatch(timings, "sweeps"):
     for i, pi_plus in enumerate(common.progress(cfg.pi_plus, desc="error_vs_delta priors")):
-      per_prior.append(run_prior(cfg, pi_plus, gaussian.fold(keys, i)))
-  summary = summarize(per_prior)
+      per_prior.append(run_prior(cfg, pi_plus, simulate.fold(keys, i)))
+  summary = key_numbers(per_prior)
   with common.stopwatch(timings, "figures"):
     common.save_figure(plot(per_prior, cfg), Path(out) / "error_vs_delta.png")
   common.write_csv(Path(out) / "error_vs_delta.csv", csv_rows(per_prior))

@@ -14,18 +14,16 @@ the mean worst-class error over the simulated weight grid).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
-import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments import common, gaussian
-from thumb_jax import mixture as mixture_lib
-from thumb_jax import theory
+from experiments import common, report
+from experiments.report import plt
+from thumb_jax import simulate, subsample, theory
 from thumb_jax.metrics import ClassErrors
 from thumb_jax.mixture import GaussianMixture
 
@@ -49,6 +47,12 @@ class Config:
   theory_x64: bool = True   # float32 theory has ~1e-3 noise at omega ~ 1e4, delta -> 1
 
 
+# The theory, compiled once per shape (every study jitting the same function shares it).
+class_errors = jax.jit(theory.class_errors)
+optimal_weight = jax.jit(theory.optimal_weight, static_argnames=("objective", "log10_range"))
+equal_error_weight = jax.jit(theory.equal_error_weight, static_argnames=("log10_range",))
+
+
 def config() -> Config:
   return Config()
 
@@ -62,37 +66,35 @@ def weight_grid(cfg: Config, num: int) -> np.ndarray:
   return np.geomspace(cfg.weight_min, cfg.weight_max, num)
 
 
-def simulate(cfg: Config, mixture: GaussianMixture, keys: jax.Array) -> dict:
-  sizes = gaussian.sizes_for(cfg.deltas, cfg.d)
-  masks = mixture_lib.nested_masks(gaussian.pool_labels(mixture, int(sizes.max())), sizes,
-                                   pi_plus=cfg.pi_plus)
+def run_simulation(cfg: Config, mixture: GaussianMixture, keys: jax.Array) -> dict:
+  sizes = simulate.sizes_for(cfg.deltas, cfg.d)
+  masks = subsample.nested_masks(simulate.pool_labels(cfg.pi_plus, int(sizes.max())), sizes,
+                                 pi_plus=cfg.pi_plus)
   weights = weight_grid(cfg, cfg.num_weights)
-  errors = gaussian.run_sweep(mixture, keys, d=cfg.d, masks=masks,
+  errors = simulate.run_sweep(mixture, keys, d=cfg.d, masks=masks,
                               weights=np.tile(weights, (len(sizes), 1)),
                               ridges=np.zeros(len(sizes)))
-  summary = gaussian.summarize(errors)                                   # [R, K]
+  summary = simulate.intervals(errors)                                   # [R, K]
   realized = cfg.d / sizes
   with jax.enable_x64(cfg.theory_x64):
-    at_points = theory.class_errors(mixture, realized[:, None], weights[None, :])
+    at_points = class_errors(mixture, realized[:, None], weights[None, :])
   theory_worst = np.maximum(np.asarray(at_points.err_plus), np.asarray(at_points.err_minus))
   best = np.argmin(summary.worst.mean, axis=1)
   return {
       "n": sizes, "delta": realized, "weights": weights,
-      "err_plus": gaussian.ci_dict(summary.err_plus),
-      "err_minus": gaussian.ci_dict(summary.err_minus),
-      "worst": gaussian.ci_dict(summary.worst),
+      **{name: report.interval_dict(ci) for name, ci in summary._asdict().items()},
       "theory_err_plus": at_points.err_plus, "theory_err_minus": at_points.err_minus,
       "best_weight": weights[best],
       "best_worst_error": summary.worst.mean[np.arange(len(sizes)), best],
       "theory_best_weight_on_grid": weights[np.argmin(theory_worst, axis=1)],
-      "agreement": gaussian.agreement(summary, ClassErrors(*at_points)),
+      "agreement": simulate.agreement(summary, ClassErrors(*at_points))._asdict(),
   }
 
 
 def theory_curves(cfg: Config, mixture: GaussianMixture) -> dict:
   weights = weight_grid(cfg, cfg.theory_weights)
   deltas = np.asarray(cfg.panel_deltas)
-  curves = theory.class_errors(mixture, deltas[:, None], weights[None, :])
+  curves = class_errors(mixture, deltas[:, None], weights[None, :])
   return {"delta": deltas, "weights": weights, "err_plus": curves.err_plus,
           "err_minus": curves.err_minus}
 
@@ -101,7 +103,7 @@ def near_optimal_band(mixture: GaussianMixture, deltas: np.ndarray, *, log10_ran
                       slack: float, num: int = 1024) -> tuple[np.ndarray, np.ndarray]:
   """Smallest and largest weight on a log grid whose worst-class error is <= (1 + slack) min."""
   weights = np.logspace(*log10_range, num)
-  errs = theory.class_errors(mixture, deltas[:, None], weights[None, :])
+  errs = class_errors(mixture, deltas[:, None], weights[None, :])
   worst = np.maximum(np.asarray(errs.err_plus), np.asarray(errs.err_minus))
   ok = worst <= (1 + slack) * np.nanmin(worst, axis=1, keepdims=True)
   low = np.array([weights[row].min() for row in ok])
@@ -113,16 +115,14 @@ def best_weights(cfg: Config, mixture: GaussianMixture) -> dict:
   """Theory's optimal and equal-error weights on a dense delta grid (jitted, vectorized)."""
   deltas = np.linspace(0.02, 0.95, cfg.theory_deltas)
   search = dict(log10_range=tuple(cfg.log10_range))
-  worst = jax.jit(functools.partial(theory.optimal_weight, mixture, objective="worst", **search))
-  balanced = jax.jit(functools.partial(theory.optimal_weight, mixture, objective="balanced",
-                                       **search))
-  equal = jax.jit(functools.partial(theory.equal_error_weight, mixture, **search))
-  opt_worst, opt_bal, eq = worst(deltas), balanced(deltas), equal(deltas)
+  opt_worst = optimal_weight(mixture, deltas, objective="worst", **search)
+  opt_bal = optimal_weight(mixture, deltas, objective="balanced", **search)
+  eq = equal_error_weight(mixture, deltas, **search)
   low, high = near_optimal_band(mixture, deltas, log10_range=cfg.log10_range,
                                 slack=cfg.near_optimal)
   bound = 10.0 ** cfg.log10_range[1]
   ratio = float(theory.prior_ratio(cfg.pi_plus))
-  at_ratio = theory.class_errors(mixture, deltas, ratio)
+  at_ratio = class_errors(mixture, deltas, ratio)
   return {
       "delta": deltas, "prior_ratio": ratio,
       "worst": {"weight": opt_worst.weight, "err_plus": opt_worst.err_plus,
@@ -151,9 +151,8 @@ def plot_errors(cfg: Config, curves: dict, sim: dict):
     i = int(np.argmin(np.abs(np.asarray(cfg.deltas) - delta)))
     for cls, color, marker in (("err_plus", "tab:red", "o"), ("err_minus", "tab:blue", "s"),
                                ("worst", "k", "x")):
-      mean = sim[cls]["mean"][i]
-      yerr = np.stack([mean - sim[cls]["low"][i], sim[cls]["high"][i] - mean])
-      ax.errorbar(sim["weights"], mean, yerr=yerr, fmt=marker, color=color, ms=3.5, capsize=2)
+      report.errorbar(ax, sim["weights"], {stat: v[i] for stat, v in sim[cls].items()},
+                      fmt=marker, color=color, ms=3.5)
     ax.axvline(ratio, color="gray", lw=0.8, ls="--", label=r"$\pi_-/\pi_+$")
     ax.axvline(sim["best_weight"][i], color="tab:green", lw=0.8, label="sim. best (worst)")
     ax.set_xscale("log")
@@ -161,7 +160,6 @@ def plot_errors(cfg: Config, curves: dict, sim: dict):
     ax.set_title(rf"$\delta = {sim['delta'][i]:.3g}$ ($n = {sim['n'][i]}$, $d = {cfg.d}$)",
                  fontsize=9)
     ax.set_ylim(0, None)
-    ax.grid(alpha=0.3)
   axes[0, 0].set_ylabel("test error")
   handles, labels = axes[0, 0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, bbox_to_anchor=(0.5, -0.08))
@@ -202,15 +200,15 @@ def csv_rows(sim: dict) -> list[dict]:
     for k, weight in enumerate(sim["weights"]):
       row = {"n": int(n), "delta": sim["delta"][i], "weight": weight}
       for cls in ("err_plus", "err_minus", "worst"):
-        for stat in ("mean", "low", "high"):
-          row[f"{cls}_{stat}"] = sim[cls][stat][i, k]
+        row.update(report.interval_columns(cls, sim[cls], (i, k)))
       row["theory_err_plus"] = np.asarray(sim["theory_err_plus"])[i, k]
       row["theory_err_minus"] = np.asarray(sim["theory_err_minus"])[i, k]
       rows.append(row)
   return rows
 
 
-def summarize(sim: dict, best: dict) -> dict:
+def key_numbers(sim: dict, best: dict) -> dict:
+  """Best weights per simulated delta, where the theory's optima break down, the agreement."""
   first_none = np.asarray(best["delta"])[np.isnan(np.asarray(best["equal_error"]["weight"],
                                                              float))]
   first_bound = np.asarray(best["delta"])[np.asarray(best["worst"]["at_search_bound"])]
@@ -234,19 +232,22 @@ def headline(summary: dict) -> str:
 
 
 def run(cfg: Config, out) -> dict:
+  common.positive_ints(cfg, "num_seeds", "d", "num_weights", "theory_weights", "theory_deltas",
+                       minimum=2)
+  simulate.sizes_for(cfg.deltas, cfg.d)
   out = common.ensure_dir(out)
   missing = [d for d in cfg.panel_deltas if not np.isclose(np.asarray(cfg.deltas), d).any()]
   if missing:
     raise ValueError(f"panel_deltas: expected a subset of deltas {cfg.deltas}, got {missing}")
   mixture = GaussianMixture.symmetric(pi_plus=cfg.pi_plus, mean_norm=cfg.mean_norm)
   timings = {}
-  keys = gaussian.seed_keys(cfg.seed, cfg.num_seeds)
+  keys = simulate.seed_keys(cfg.seed, cfg.num_seeds)
   stages = ("simulation", "theory", "figures")
   bar = common.progress(stages, desc="error_vs_weight")
   for stage in bar:
     with common.stopwatch(timings, stage):
       if stage == "simulation":
-        sim = simulate(cfg, mixture, gaussian.fold(keys, 0))
+        sim = run_simulation(cfg, mixture, simulate.fold(keys, 0))
       elif stage == "theory":
         with jax.enable_x64(cfg.theory_x64):
           curves, best = theory_curves(cfg, mixture), best_weights(cfg, mixture)
@@ -254,7 +255,7 @@ def run(cfg: Config, out) -> dict:
         common.save_figure(plot_errors(cfg, curves, sim), Path(out) / "error_vs_weight.png")
         common.save_figure(plot_best(cfg, best, sim), Path(out) / "best_weight.png")
   common.write_csv(Path(out) / "error_vs_weight.csv", csv_rows(sim))
-  summary = summarize(sim, best)
+  summary = key_numbers(sim, best)
   results = {"simulation": sim, "theory_curves": curves, "best_weights": best,
              "summary": summary, "seconds": timings}
   common.save_results(Path(out) / "results.json", config=cfg, results=results,

@@ -14,16 +14,15 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import jax
-import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments import common, gaussian
-from thumb_jax import mixture as mixture_lib
-from thumb_jax import theory
+from experiments import common, report
+from experiments.report import plt
+from thumb_jax import simulate, subsample, theory
 from thumb_jax.metrics import ClassErrors
 from thumb_jax.mixture import GaussianMixture
 
@@ -44,6 +43,11 @@ class Config:
   theory_x64: bool = True
 
 
+# The theory, compiled once per shape (every study jitting the same function shares it).
+class_errors = jax.jit(theory.class_errors)
+interpolator_class_errors = jax.jit(theory.interpolator_class_errors)
+
+
 def config() -> Config:
   return Config()
 
@@ -56,23 +60,23 @@ def theory_errors(mixture: GaussianMixture, delta: float, weights: np.ndarray,
                   ridge: float) -> ClassErrors:
   """Ridge 0 (delta > 1): the interpolator, broadcast over the weights; else class_errors."""
   if ridge == 0:
-    e = theory.interpolator_class_errors(mixture, delta)
+    e = interpolator_class_errors(mixture, delta)
     ones = np.ones_like(weights)
     return ClassErrors(np.asarray(e.err_plus) * ones, np.asarray(e.err_minus) * ones)
-  e = theory.class_errors(mixture, delta, weights, ridge)
+  e = class_errors(mixture, delta, weights, ridge)
   return ClassErrors(np.asarray(e.err_plus), np.asarray(e.err_minus))
 
 
 def run_all(cfg: Config, mixture: GaussianMixture, keys: jax.Array) -> dict:
-  sizes = gaussian.sizes_for(cfg.deltas, cfg.d)
+  sizes = simulate.sizes_for(cfg.deltas, cfg.d)
   if np.any(sizes >= cfg.d):
     raise ValueError(f"deltas: expected every delta > 1 (n < d), got n = {sizes.tolist()} "
                      f"for d = {cfg.d}")
-  masks = mixture_lib.nested_masks(gaussian.pool_labels(mixture, int(sizes.max())), sizes,
-                                   pi_plus=cfg.pi_plus)
+  masks = subsample.nested_masks(simulate.pool_labels(cfg.pi_plus, int(sizes.max())), sizes,
+                                 pi_plus=cfg.pi_plus)
   weights = np.geomspace(cfg.weight_min, cfg.weight_max, cfg.num_weights)
   grid = list(itertools.product(range(len(sizes)), cfg.ridges))          # rows: (size, ridge)
-  errors = gaussian.run_sweep(
+  errors = simulate.run_sweep(
       mixture, keys, d=cfg.d, masks=np.stack([np.asarray(masks)[i] for i, _ in grid]),
       weights=np.tile(weights, (len(grid), 1)), ridges=np.array([r for _, r in grid]))
   realized = cfg.d / sizes
@@ -86,17 +90,16 @@ def run_all(cfg: Config, mixture: GaussianMixture, keys: jax.Array) -> dict:
         at_points = theory_errors(mixture, realized[i], weights, ridge)
         curve = theory_errors(mixture, realized[i], dense, ridge)
         sim = ClassErrors(errors.err_plus[:, row], errors.err_minus[:, row])
-        s = gaussian.summarize(sim)
+        s = simulate.intervals(sim)
         per_ridge.append({
             "ridge": ridge,
             "theory": {"weights": dense, "err_plus": curve.err_plus, "err_minus": curve.err_minus},
-            "err_plus": gaussian.ci_dict(s.err_plus), "err_minus": gaussian.ci_dict(s.err_minus),
-            "worst": gaussian.ci_dict(s.worst),
+            **{name: report.interval_dict(ci) for name, ci in s._asdict().items()},
             "theory_err_plus": at_points.err_plus, "theory_err_minus": at_points.err_minus,
             # How much the per-seed errors move across weights (0 when weighting is inert).
             "max_spread_over_weights": float(np.max(np.ptp(sim.err_plus, axis=-1))),
             "theory_range_err_plus": float(np.ptp(curve.err_plus)),
-            "agreement": gaussian.agreement(s, at_points),
+            "agreement": simulate.agreement(s, at_points)._asdict(),
         })
       panels.append({"n": int(n), "delta": realized[i], "per_ridge": per_ridge})
   return {"weights": weights, "panels": panels}
@@ -113,16 +116,14 @@ def plot(cfg: Config, res: dict):
         name = "minority" if cls == "err_plus" else "majority"
         ax.plot(pr["theory"]["weights"], pr["theory"][cls], style, color=color,
                 label=f"{name}, ridge {pr['ridge']:g}")
-        mean = pr[cls]["mean"]
-        yerr = np.stack([mean - pr[cls]["low"], pr[cls]["high"] - mean])
-        ax.errorbar(res["weights"], mean, yerr=yerr, fmt=marker, color=color, ms=3.5, capsize=2,
-                    mfc="white" if cls == "err_minus" else color)
+        report.errorbar(ax, res["weights"], pr[cls], fmt=marker, color=color, ms=3.5,
+                        mfc="white" if cls == "err_minus" else color)
     ax.set_xscale("log")
     ax.set_xlabel(r"minority weight $\omega$")
     ax.set_title(rf"$\delta = {panel['delta']:.3g}$ ($n = {panel['n']}$, $d = {cfg.d}$)",
                  fontsize=9)
     ax.set_ylim(0, None)
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(True, which="both")
   axes[0, 0].set_ylabel("per-class test error")
   handles, labels = axes[0, 0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="lower center", ncol=len(cfg.ridges), fontsize=8,
@@ -140,15 +141,15 @@ def csv_rows(res: dict) -> list[dict]:
       for k, weight in enumerate(res["weights"]):
         row = {"n": panel["n"], "delta": panel["delta"], "ridge": pr["ridge"], "weight": weight}
         for cls in ("err_plus", "err_minus", "worst"):
-          for stat in ("mean", "low", "high"):
-            row[f"{cls}_{stat}"] = pr[cls][stat][k]
+          row.update(report.interval_columns(cls, pr[cls], k))
         row["theory_err_plus"] = pr["theory_err_plus"][k]
         row["theory_err_minus"] = pr["theory_err_minus"][k]
         rows.append(row)
   return rows
 
 
-def summarize(res: dict) -> dict:
+def key_numbers(res: dict) -> dict:
+  """Per (delta, ridge): how much err_+ moves across weights (simulation, theory), the gap."""
   out = {}
   for panel in res["panels"]:
     for pr in panel["per_ridge"]:
@@ -170,10 +171,14 @@ def headline(summary: dict) -> str:
 
 
 def run(cfg: Config, out) -> dict:
+  common.positive_ints(cfg, "num_seeds", "d", "num_weights", "theory_weights", minimum=2)
+  if not cfg.ridges or min(cfg.ridges) < 0:
+    raise ValueError(f"ridges: expected ridges >= 0, got {cfg.ridges}")
+  simulate.sizes_for(cfg.deltas, cfg.d)
   out = common.ensure_dir(out)
   mixture = GaussianMixture.symmetric(pi_plus=cfg.pi_plus, mean_norm=cfg.mean_norm)
   timings = {}
-  keys = gaussian.fold(gaussian.seed_keys(cfg.seed, cfg.num_seeds), 0)
+  keys = simulate.fold(simulate.seed_keys(cfg.seed, cfg.num_seeds), 0)
   for stage in common.progress(("simulation", "figures"), desc="ridge"):
     with common.stopwatch(timings, stage):
       if stage == "simulation":
@@ -181,7 +186,7 @@ def run(cfg: Config, out) -> dict:
       else:
         common.save_figure(plot(cfg, res), Path(out) / "ridge.png")
   common.write_csv(Path(out) / "ridge.csv", csv_rows(res))
-  summary = summarize(res)
+  summary = key_numbers(res)
   results = {**res, "summary": summary, "seconds": timings}
   common.save_results(Path(out) / "results.json", config=cfg, results=results, experiment="ridge")
   return results

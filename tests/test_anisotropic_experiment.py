@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from experiments import anisotropic as experiment
-from experiments import bench_anisotropic
+from experiments import anisotropic_real as real
+from experiments import anisotropic_theory, bench_anisotropic
 from thumb_jax import anisotropic as an
+from thumb_jax import mixture as mixture_lib
 
 
 def _finite(*values):
@@ -70,7 +72,7 @@ def test_main_quick_with_embeddings(tmp_path):
   c = summary["embeddings"]
   assert c["scale_check"]["relative_difference"] < 1e-5
   assert c["scale_check"]["refit_relative_difference"] < 1e-3
-  for name in experiment.PLUG_INS:
+  for name in real.PLUG_INS:
     assert _finite(c[name]["mean_abs_diff"], c[name]["worst_lost"])
     assert len(c[name]["best_weight_matches"]) == 2
   # The general plug-in is exact in form here (Gaussian classes): a loose sanity bound.
@@ -93,12 +95,12 @@ def test_bench_main_tiny(tmp_path):
 
 def test_power_law_mixture_has_the_requested_structure():
   d = 30
-  ev = experiment.power_law(d, 1.0)
+  ev = mixture_lib.power_law_spectrum(d, 1.0)
   np.testing.assert_allclose(ev.mean(), 1.0)
   assert np.all(np.diff(ev) < 0)
   key = jax.random.key(0)
   for commuting in (False, True):
-    mix = experiment.power_law_mixture(key, d=d, pi_plus=0.2, power_plus=1.0, power_minus=0.5,
+    mix = mixture_lib.power_law_mixture(key, d=d, pi_plus=0.2, power_plus=1.0, power_minus=0.5,
                                        mahalanobis_sq=9.0, mean_alignment=0.5,
                                        commuting=commuting)
     mix.validate()
@@ -112,14 +114,14 @@ def test_power_law_mixture_has_the_requested_structure():
 
 def test_embedding_sizes_and_imbalance():
   y = np.where(np.arange(500) < 100, 1.0, -1.0)
-  sizes = experiment.embedding_sizes(y, 64, max_delta=2.0, num_sizes=5)
+  sizes = real.embedding_sizes(y, 64, max_delta=2.0, num_sizes=5)
   assert sizes[0] == 500 and sizes[-1] == 32 and np.all(np.diff(sizes) < 0)
-  assert list(experiment.embedding_sizes(y, 64, max_delta=0.01, num_sizes=5)) == [500]
-  keep = experiment.imbalance_pool(jax.random.key(0), y, 0.1)
+  assert list(real.embedding_sizes(y, 64, max_delta=0.01, num_sizes=5)) == [500]
+  keep = real.imbalance_pool(jax.random.key(0), y, 0.1)
   assert np.sum(y[keep] < 0) == 400 and np.sum(y[keep] > 0) == round(0.1 * 400 / 0.9)
   with pytest.raises(ValueError, match="embedding_pi_plus"):
-    experiment.imbalance_pool(jax.random.key(0), y, 0.5)
-  np.testing.assert_array_equal(experiment.ridge_for([0.5, 1.0, 2.0], 0.1), [0.0, 0.1, 0.1])
+    real.imbalance_pool(jax.random.key(0), y, 0.5)
+  np.testing.assert_array_equal(anisotropic_theory.ridge_for([0.5, 1.0, 2.0], 0.1), [0.0, 0.1, 0.1])
 
 
 def test_debiased_means_remove_the_sampling_bias_of_the_mean_difference():
@@ -133,7 +135,7 @@ def test_debiased_means_remove_the_sampling_bias_of_the_mean_difference():
     xp = rng.normal(size=(n_plus, d)) + dmu
     xm = rng.normal(size=(n_minus, d))
     est = an.CovarianceMixture(0.2, xp.mean(0), xm.mean(0), np.eye(d), np.eye(d))
-    fixed = experiment.debiased_means(est, n_plus, n_minus)
+    fixed = real.debiased_means(est, n_plus, n_minus)
     diff = fixed.mean_plus - fixed.mean_minus
     lengths.append(diff @ diff)
     np.testing.assert_allclose(fixed.mean_plus + fixed.mean_minus, xp.mean(0) + xm.mean(0))
