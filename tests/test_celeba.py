@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from thumb_jax import io as tj_io
-from thumb_jax.images import celeba, datasets
+from thumb_jax.images import celeba, datasets, sources
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_image_data import assert_datasets_equal
@@ -57,7 +57,7 @@ def _write_celeba(root, layout="zip"):
 
 
 def _expected(split, labels=BLOND):
-  k = datasets.SPLITS.index(split)
+  k = sources.SPLITS.index(split)
   files = [i + 1 for i in range(N_PRESENT) if PARTITION[i] == k]
   return np.array(files), np.array([labels[f - 1] for f in files])
 
@@ -71,7 +71,7 @@ def fixture_celeba_root(tmp_path_factory):
 def test_celeba_zip_uses_present_images_and_partition(celeba_root):
   root = celeba_root
   ds = celeba.load_celeba(root.parent, image_size=8, progress=False)  # finds root/celeba
-  for split in datasets.SPLITS:
+  for split in sources.SPLITS:
     s = getattr(ds, split)
     files, labels = _expected(split)
     np.testing.assert_array_equal(s.index, files)
@@ -188,15 +188,15 @@ def test_duplicate_partition_row_gives_its_lines(tmp_path, celeba_root):
     celeba.load_celeba(root, image_size=4, progress=False)
 
 
-@pytest.mark.parametrize("split", datasets.SPLITS)
+@pytest.mark.parametrize("split", sources.SPLITS)
 def test_empty_split_is_found_before_decoding(tmp_path, celeba_root, monkeypatch, split):
   # Every present image of `split` moved to another split: the split is empty.
-  k = datasets.SPLITS.index(split)
+  k = sources.SPLITS.index(split)
   other = (k + 1) % 3
   names = [f"{i + 1:06d}.jpg" for i in range(N_FILES)]
   text = "".join(f"{n} {other if p == k else p}\n" for n, p in zip(names, PARTITION))
   root = _celeba_with_partition(celeba_root, tmp_path / split, text)
-  monkeypatch.setattr(datasets, "decode_image", lambda *a, **k: pytest.fail("decoded"))
+  monkeypatch.setattr(sources, "decode_image", lambda *a, **k: pytest.fail("decoded"))
   with pytest.raises(ValueError, match=rf"list_eval_partition.txt: the {split} split "
                                        rf"\(partition {k}\) has none of the {N_PRESENT} images"):
     celeba.load_celeba(root, image_size=4, progress=False)
@@ -215,7 +215,7 @@ def test_celeba_cache_hit_and_keys(tmp_path, monkeypatch, celeba_root):
 
   def fail(*args, **kwargs):
     raise AssertionError("decoded although the arrays are cached")
-  monkeypatch.setattr(datasets, "decode_image", fail)
+  monkeypatch.setattr(sources, "decode_image", fail)
   again = celeba.load_celeba(celeba_root, image_size=8, cache_dir=cache, progress=False)
   assert again.provenance["cache_hit"]
   assert_datasets_equal(first, again)
@@ -253,9 +253,9 @@ def test_decode_center_crop():
   img[:10, :, 0] = img[10:20, :, 1] = img[20:, :, 2] = 255
   buf = io.BytesIO()
   Image.fromarray(img).save(buf, "PNG")
-  cropped = datasets.decode_image(buf.getvalue(), image_size=5, center_crop=True)
+  cropped = sources.decode_image(buf.getvalue(), image_size=5, center_crop=True)
   np.testing.assert_array_equal(cropped, np.broadcast_to([0, 255, 0], (5, 5, 3)))
-  squashed = datasets.decode_image(buf.getvalue(), image_size=6, center_crop=False)
+  squashed = sources.decode_image(buf.getvalue(), image_size=6, center_crop=False)
   assert squashed.shape == (6, 6, 3)
   assert squashed[0, 0, 0] == 255 and squashed[-1, 0, 2] == 255
 
@@ -279,7 +279,7 @@ def test_tfds_celeba(monkeypatch):
   monkeypatch.setattr(tfds, "as_numpy", lambda x: x)
   ds = celeba.load_celeba(None, source="tfds", image_size=8, max_per_split={"train": 5},
                         progress=False)
-  assert [len(getattr(ds, s).labels) for s in datasets.SPLITS] == [5, 4, 5]
+  assert [len(getattr(ds, s).labels) for s in sources.SPLITS] == [5, 4, 5]
   np.testing.assert_array_equal(ds.val.labels, [1, -1, -1, 1])
   np.testing.assert_array_equal(ds.train.labels, np.where(ds.train.index % 3 == 0, 1, -1))
   assert ds.train.images.shape == (5, 8, 8, 3)

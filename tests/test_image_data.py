@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thumb_jax.images import celeba, cifar10, datasets
+from thumb_jax.images import celeba, cifar10, datasets, sources
 
 # ----------------------------------------------------------------------------- CIFAR-10
 
@@ -69,8 +69,8 @@ def _copy(folder, dest):
 
 
 def assert_datasets_equal(a, b):
-  for split in datasets.SPLITS:
-    for field in datasets.Split._fields:
+  for split in sources.SPLITS:
+    for field in sources.Split._fields:
       np.testing.assert_array_equal(getattr(getattr(a, split), field),
                                     getattr(getattr(b, split), field), err_msg=split + field)
 
@@ -120,7 +120,7 @@ def test_counts_round_half_up():
                                         minority_share=0.2, val_fraction=0.5)
   y_test = np.repeat([0, 9], [4, 5])
   assert (np.sum(y_test[pos["val"]] == 9), np.sum(y_test[pos["val"]] == 0)) == (3, 1)
-  assert datasets.minority_count(2, 0.2) == 1 and datasets.minority_count(10, 0.2) == 3
+  assert sources.minority_count(2, 0.2) == 1 and sources.minority_count(10, 0.2) == 3
 
 
 def test_cifar_seed_determinism(cifar):

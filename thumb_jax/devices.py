@@ -82,13 +82,23 @@ def _place(x, size: int, sharding: NamedSharding) -> jax.Array:
     if size > x.shape[0]:
       x = jnp.concatenate([x, jnp.repeat(x[-1:], size - x.shape[0], axis=0)])
     return jax.device_put(x, sharding)
+  if _is_key(x):  # typed PRNG keys travel as their raw data
+    return jax.random.wrap_key_data(_place(jax.random.key_data(x), size, sharding),
+                                    impl=jax.random.key_impl(x))
   host = _pad(np.asarray(x), size)
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def _is_key(x) -> bool:
+  return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _replicate(x, sharding: NamedSharding) -> jax.Array:
   if jax.process_count() == 1:
     return jax.device_put(jnp.asarray(x), sharding)
+  if _is_key(x):
+    return jax.random.wrap_key_data(_replicate(jax.random.key_data(x), sharding),
+                                    impl=jax.random.key_impl(x))
   host = np.asarray(x)
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
@@ -148,7 +158,8 @@ def sharded_vmap(fn: Callable, *, in_axes: Any = 0, mesh_: Mesh | None = None,
     out = run(*placed, **static)
     return jax.tree_util.tree_map(lambda x: x[:size], out)
 
-  call.run = run          # the jitted function, for trace counting in tests
+  call.run = run                          # the jitted function
+  call._cache_size = run._cache_size      # compiled variants so far (tests: no retracing)
   return call
 
 

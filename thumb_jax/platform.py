@@ -10,7 +10,10 @@ The one note (README, "Platform notes", has the measurements):
   (`experiments/stress_lapack.py` reproduces it within seconds on jaxlib 0.10.2).
   `configure_xla_cpu()` turns that scheduler off (`--xla_cpu_enable_concurrency_optimized_
   scheduler=false`) before the backend starts; the batched calls then run one after
-  another, each still parallel inside. It is called when `thumb_jax` is imported.
+  another, each still parallel inside. Two *programs* in flight at once can meet the same
+  way (seen twice in a test that dispatched a second jitted program while the first still
+  ran), so it also turns off CPU async dispatch (`jax_cpu_enable_async_dispatch`): a CPU
+  computation finishes before the call returns. It is called when `thumb_jax` is imported.
 * OpenBLAS (behind jaxlib's CPU LAPACK kernels) starts as many threads as cores and
   competes with XLA's own pool: a 512 x 512 `eigh` took 3.5 s with 2 OpenBLAS threads and
   0.06 s with 1 on the 2-core machine. `single_threaded_blas()` limits it around a block.
@@ -27,6 +30,7 @@ import warnings
 from threadpoolctl import threadpool_limits
 
 XLA_CPU_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
+ASYNC_DISPATCH_ENV = "JAX_CPU_ENABLE_ASYNC_DISPATCH"  # set it (true/false) to choose yourself
 PRNG_IMPL = "rbg"
 
 
@@ -50,6 +54,11 @@ def configure_xla_cpu() -> bool:
   Returns:
     True if the flags are in effect for this process.
   """
+  if not _backend_started():
+    import jax  # pylint: disable=g-import-not-at-top
+
+    chosen = os.environ.get(ASYNC_DISPATCH_ENV, "false").strip().lower()  # the user's wins
+    jax.config.update("jax_cpu_enable_async_dispatch", chosen in ("1", "true", "yes"))
   current = os.environ.get("XLA_FLAGS", "")
   missing = [f for f in XLA_CPU_FLAGS if f.split("=")[0] not in current]
   if not missing:

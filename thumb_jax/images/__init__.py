@@ -1,6 +1,7 @@
 """Real images: binary datasets, the Flax ResNet34 backbone, fine-tuning and cached embeddings.
 
-  datasets        Split / BinaryDataset, `load_dataset`, shared decoding, tfds and cache helpers
+  datasets        `load_dataset("cifar10" | "celeba", ...)`
+  sources         Split / BinaryDataset, shared decoding, tfds and cache helpers of the loaders
   cifar10         binary CIFAR-10 (airplane vs truck) from the official files or tfds
   celeba          binary CelebA (one attribute) from the official files or tfds
   configs         `Config` and the paper / cpu / tiny recipes

@@ -7,7 +7,7 @@ list_attr_celeba.txt whose image exists in `img_align_celeba.zip` (or an extract
 `max_per_split` caps a split by a seeded subsample (for CPU runs). Images are center-cropped
 to a square (178x218 -> 178x178, as is usual for CelebA) unless `center_crop=False`, and
 resized to `image_size` x `image_size`. Decoded arrays can be cached in `cache_dir`
-(`datasets.cached_decoded`); the key covers the image source, the selected file names,
+(`sources.cached_decoded`); the key covers the image source, the selected file names,
 `image_size` and `center_crop` (not the attribute, which only changes labels).
 """
 
@@ -23,8 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from thumb_jax.images import datasets
-from thumb_jax.images.datasets import SPLITS, BinaryDataset, Split
+from thumb_jax.images import sources
+from thumb_jax.images.sources import SPLITS, BinaryDataset, Split
 
 CELEBA_ATTRIBUTES = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
@@ -69,8 +69,8 @@ def load_celeba(data_dir: str | os.PathLike | None = None, *, source: str = "aut
   Returns:
     A `BinaryDataset` of uint8 [N, image_size, image_size, 3] images.
   """
-  datasets.check_source(source)
-  datasets.check_seed(seed)
+  sources.check_source(source)
+  sources.check_seed(seed)
   if not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool) \
       or image_size < 1:
     raise ValueError(f"image_size: expected a positive int, got {image_size!r}")
@@ -103,15 +103,15 @@ def load_celeba(data_dir: str | os.PathLike | None = None, *, source: str = "aut
           f"{found.partition}: the {split} split (partition {k}) has none of the "
           f"{int(in_images.sum())} images of {found.images} listed in {found.attributes}; "
           "every split is needed (train, val = the retraining pool, test)")
-    available[split] = datasets.split_counts(labels_all[rows])
+    available[split] = sources.split_counts(labels_all[rows])
     cap = caps.get(split)
     if cap is not None and cap < rows.shape[0]:
-      rows = datasets.pick(datasets.split_rng(seed, k), rows, cap)
+      rows = sources.pick(sources.split_rng(seed, k), rows, cap)
     selected[split] = rows
 
   split_files = {s: [files[i] for i in selected[s]] for s in SPLITS}
   key = {"dataset": "celeba", "images": str(found.images.resolve()),
-         **datasets.file_stat(found.images), "image_size": decode["image_size"],
+         **sources.file_stat(found.images), "image_size": decode["image_size"],
          "center_crop": decode["center_crop"],
          "files": {s: hashlib.sha256("\n".join(split_files[s]).encode()).hexdigest()
                    for s in SPLITS}}
@@ -119,11 +119,11 @@ def load_celeba(data_dir: str | os.PathLike | None = None, *, source: str = "aut
   def compute():
     names_all = [f for s in SPLITS for f in split_files[s]]
     with _reader(found) as read:
-      images = datasets.decode_all(names_all, read, desc=f"CelebA {found.images.name}", **decode)
+      images = sources.decode_all(names_all, read, desc=f"CelebA {found.images.name}", **decode)
     bounds = np.cumsum([0] + [len(split_files[s]) for s in SPLITS])
     return {s: images[bounds[k]:bounds[k + 1]] for k, s in enumerate(SPLITS)}
 
-  images, cache_path, cache_hit = datasets.cached_decoded(cache_dir, key, compute)
+  images, cache_path, cache_hit = sources.cached_decoded(cache_dir, key, compute)
   splits = {s: Split(images[s], labels_all[selected[s]].astype(np.int8),
                      np.array([int(Path(f).stem) if Path(f).stem.isdigit() else -1
                                for f in split_files[s]], np.int64)) for s in SPLITS}
@@ -142,7 +142,7 @@ def load_celeba(data_dir: str | os.PathLike | None = None, *, source: str = "aut
       "rows_in_attribute_file": len(files),
       "images_present": int(sum(v["n"] for v in available.values())),
       "available": available,
-      "counts": {s: datasets.split_counts(splits[s].labels) for s in SPLITS},
+      "counts": {s: sources.split_counts(splits[s].labels) for s in SPLITS},
       "cache": None if cache_path is None else str(cache_path),
       "cache_hit": cache_hit,
   }
@@ -297,13 +297,13 @@ def _load_celeba_tfds(data_dir, *, attribute, caps, seed, cache_dir, image_size,
   if attribute not in CELEBA_ATTRIBUTES:
     raise ValueError(f"attribute: expected one of the {len(CELEBA_ATTRIBUTES)} CelebA "
                      f"attributes {', '.join(CELEBA_ATTRIBUTES)}; got {attribute!r}")
-  tfds = datasets.import_tfds()
+  tfds = sources.import_tfds()
   labels, encoded, index, available = {}, {}, {}, {}
   for k, split in enumerate(SPLITS):
     tfds_split = {"val": "validation"}.get(split, split)
     # Images stay encoded (SkipDecoding) so that the kept ones go through the same
     # decoder as the official files and the others are never decoded.
-    ds, info = datasets.tfds_load(tfds, "celeb_a", data_dir, split=tfds_split, with_info=True,
+    ds, info = sources.tfds_load(tfds, "celeb_a", data_dir, split=tfds_split, with_info=True,
                           decoders={"image": tfds.decode.SkipDecoding()})
     n = int(info.splits[tfds_split].num_examples)
     if n == 0:
@@ -311,7 +311,7 @@ def _load_celeba_tfds(data_dir, *, attribute, caps, seed, cache_dir, image_size,
                        "empty; every split is needed (train, val = the retraining pool, test)")
     keep = np.arange(n)
     if caps.get(split) is not None and caps[split] < n:
-      keep = datasets.pick(datasets.split_rng(seed, k), keep, caps[split])
+      keep = sources.pick(sources.split_rng(seed, k), keep, caps[split])
     keep_set, kept, lab, enc, all_lab = set(keep.tolist()), [], [], [], []
     for i, ex in enumerate(tfds.as_numpy(ds)):
       y = 1 if bool(ex["attributes"][attribute]) else -1
@@ -320,7 +320,7 @@ def _load_celeba_tfds(data_dir, *, attribute, caps, seed, cache_dir, image_size,
         kept.append(i)
         lab.append(y)
         enc.append(bytes(ex["image"]))
-    available[split] = datasets.split_counts(np.array(all_lab, np.int8))
+    available[split] = sources.split_counts(np.array(all_lab, np.int8))
     labels[split], encoded[split] = np.array(lab, np.int8), enc
     index[split] = np.array(kept, np.int64)
 
@@ -334,12 +334,12 @@ def _load_celeba_tfds(data_dir, *, attribute, caps, seed, cache_dir, image_size,
   def compute():
     out = {}
     for s in SPLITS:
-      out[s] = datasets.decode_all(encoded[s], lambda b: b, desc=f"CelebA tfds {s}",
+      out[s] = sources.decode_all(encoded[s], lambda b: b, desc=f"CelebA tfds {s}",
                            image_size=image_size, center_crop=center_crop,
                            num_workers=num_workers, progress=progress)
     return out
 
-  images, cache_path, cache_hit = datasets.cached_decoded(cache_dir, key, compute)
+  images, cache_path, cache_hit = sources.cached_decoded(cache_dir, key, compute)
   splits = {s: Split(images[s], labels[s], index[s]) for s in SPLITS}
   provenance = {
       "dataset": "celeba", "source": None if data_dir is None else str(data_dir),
@@ -347,7 +347,7 @@ def _load_celeba_tfds(data_dir, *, attribute, caps, seed, cache_dir, image_size,
       "classes": {"+1": f"{attribute} = 1", "-1": f"{attribute} = -1"},
       "image_size": image_size, "center_crop": center_crop, "seed": int(seed),
       "max_per_split": {s: caps.get(s) for s in SPLITS}, "available": available,
-      "counts": {s: datasets.split_counts(splits[s].labels) for s in SPLITS},
+      "counts": {s: sources.split_counts(splits[s].labels) for s in SPLITS},
       "cache": None if cache_path is None else str(cache_path), "cache_hit": cache_hit,
   }
   return BinaryDataset(splits["train"], splits["val"], splits["test"], provenance)

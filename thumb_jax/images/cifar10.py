@@ -36,8 +36,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from thumb_jax.images import datasets
-from thumb_jax.images.datasets import SPLITS, BinaryDataset, Split
+from thumb_jax.images import sources
+from thumb_jax.images.sources import SPLITS, BinaryDataset, Split
 from thumb_jax.mixture import round_half_up
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -79,8 +79,8 @@ def load_cifar10_binary(data_dir: str | os.PathLike | None = None, *, source: st
   Returns:
     A `BinaryDataset` of uint8 [N, 32, 32, 3] images.
   """
-  datasets.check_source(source)
-  datasets.check_seed(seed)
+  sources.check_source(source)
+  sources.check_seed(seed)
   if not 0.0 < minority_share < 1.0:
     raise ValueError(f"minority_share: expected a value in (0, 1), got {minority_share!r}")
   if not 0.0 < val_fraction < 1.0:
@@ -120,7 +120,7 @@ def load_cifar10_binary(data_dir: str | os.PathLike | None = None, *, source: st
       "minority_share": float(minority_share),
       "val_fraction": float(val_fraction),
       "val_from": "test",
-      "counts": {s: datasets.split_counts(splits[s].labels) for s in SPLITS},
+      "counts": {s: sources.split_counts(splits[s].labels) for s in SPLITS},
   }
   return BinaryDataset(splits["train"], splits["val"], splits["test"], provenance)
 
@@ -156,9 +156,9 @@ def cifar10_split_positions(train_labels: np.ndarray, test_labels: np.ndarray, *
       raise ValueError(f"{where}: the {name} split has no images of CIFAR labels "
                        f"{minority_label} and {majority_label} (one of them is missing)")
 
-  n_train_min = datasets.minority_count(tr_maj.shape[0], minority_share)
+  n_train_min = sources.minority_count(tr_maj.shape[0], minority_share)
   n_val_maj = round_half_up(val_fraction * te_maj.shape[0])
-  n_val_min = datasets.minority_count(n_val_maj, minority_share)
+  n_val_min = sources.minority_count(n_val_maj, minority_share)
   if n_train_min > tr_min.shape[0] or n_val_min > te_min.shape[0]:
     raise ValueError(
         f"minority_share: {minority_share} needs {n_train_min} train and {n_val_min} val "
@@ -168,11 +168,11 @@ def cifar10_split_positions(train_labels: np.ndarray, test_labels: np.ndarray, *
         f"minority_share={minority_share}, val_fraction={val_fraction}: leaves a class empty "
         f"(train minority {n_train_min}, val majority {n_val_maj}, val minority {n_val_min})")
 
-  train_min = datasets.pick(datasets.split_rng(seed, 0), tr_min, n_train_min)
+  train_min = sources.pick(sources.split_rng(seed, 0), tr_min, n_train_min)
   train = np.sort(np.concatenate([tr_maj, train_min]))
-  rng = datasets.split_rng(seed, 1)
-  val_maj = datasets.pick(rng, te_maj, n_val_maj)
-  val_min = datasets.pick(rng, te_min, n_val_min)
+  rng = sources.split_rng(seed, 1)
+  val_maj = sources.pick(rng, te_maj, n_val_maj)
+  val_min = sources.pick(rng, te_min, n_val_min)
   val = np.sort(np.concatenate([val_maj, val_min]))
   test = np.setdiff1d(np.concatenate([te_maj, te_min]), val)
   return {"train": train.astype(np.int64), "val": val.astype(np.int64),
@@ -318,10 +318,10 @@ def _tfds_index(ids, n: int) -> np.ndarray | None:
 
 
 def _read_cifar_tfds(data_dir) -> tuple[_CifarSplit, _CifarSplit]:
-  tfds = datasets.import_tfds()
+  tfds = sources.import_tfds()
   out = []
   for split in ("train", "test"):
-    ex = tfds.as_numpy(datasets.tfds_load(tfds, "cifar10", data_dir, split=split,
+    ex = tfds.as_numpy(sources.tfds_load(tfds, "cifar10", data_dir, split=split,
                                           batch_size=-1))
     labels = np.asarray(ex["label"])
     out.append(_cifar_split(ex["image"], labels, _tfds_index(ex.get("id"), labels.shape[0]),

@@ -34,7 +34,7 @@ class Embeddings(NamedTuple):
     embeddings: float32 [N, latent_dim].
     labels: [N] in {+1, -1}.
     provenance: JSON-friendly dict (data source, config, checkpoint hash, ...).
-    index: optional int64 [N], the images' ids in their source (`datasets.Split.index`).
+    index: optional int64 [N], the images' ids in their source (`sources.Split.index`).
   """
   embeddings: np.ndarray
   labels: np.ndarray

@@ -261,7 +261,7 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset=None) -> TrainSt
     workdir: output folder: checkpoints/ (orbax, one per epoch, step = epoch),
       metrics.json (per-epoch train/val metrics, written before the epoch's checkpoint
       commits, so every committed epoch has its entry; final test metrics), config.json.
-    dataset: a `datasets.BinaryDataset`-like object (.train, .val, .test with .images
+    dataset: a `sources.BinaryDataset`-like object (.train, .val, .test with .images
       uint8 [N, S, S, 3] and .labels in {+1, -1}); None loads it with `load_data(config)`.
 
   Returns:
