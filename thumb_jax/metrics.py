@@ -110,7 +110,7 @@ def gaussian_class_errors(layer: LastLayer, mu_plus: jax.Array, mu_minus: jax.Ar
 
 def empirical_class_errors(scores: jax.Array, labels: jax.Array,
                            mask: jax.Array | None = None) -> ClassErrors:
-  """Per-class error of the rule predict +1 iff score > 0.
+  """Per-class error of the rule predict +1 iff score > 0 (a NaN score is an error).
 
   Args:
     scores: [..., n].
@@ -123,8 +123,9 @@ def empirical_class_errors(scores: jax.Array, labels: jax.Array,
   keep = jnp.ones(labels.shape) if mask is None else mask
   plus = (labels > 0) * keep
   minus = (labels < 0) * keep
-  wrong_plus = jnp.sum((scores <= 0) * plus, axis=-1) / jnp.sum(plus)
-  wrong_minus = jnp.sum((scores > 0) * minus, axis=-1) / jnp.sum(minus)
+  # A NaN score predicts nothing, so it is an error for both classes (never "correct").
+  wrong_plus = jnp.sum(~(scores > 0) * plus, axis=-1) / jnp.sum(plus)
+  wrong_minus = jnp.sum(~(scores <= 0) * minus, axis=-1) / jnp.sum(minus)
   return ClassErrors(wrong_plus, wrong_minus)
 
 
