@@ -4,11 +4,13 @@
     python -m experiments.stress_lapack --out out/stress --no-workaround   # reproduce the hang
 
 Each iteration runs one jitted program holding several independent batched LAPACK calls
-(cholesky, eigh, triangular_solve, qr under vmap) that XLA:CPU may schedule concurrently,
-then a vmapped `lls.fit_sweep` over seeds (the Gaussian sweeps' shape). The work runs in a
+(cholesky, eigh, triangular_solve, qr) that XLA:CPU may schedule concurrently, a vmapped
+`lls.fit_sweep` over seeds (the Gaussian sweeps' shape), and a vmapped while loop whose
+body holds independent triangular solves (the shape that hung the general-covariance
+theory's dense path). The work runs in a
 child process; the parent kills it after `--timeout` seconds and reports "hang". Without the
-workaround of `thumb_jax.platform` (`--no-workaround` sets the scheduler flag back to its
-default) jaxlib 0.10.x hangs here; with it, every iteration finishes.
+workarounds of `thumb_jax.platform` (`--no-workaround` restores XLA's scheduler and
+jax's batching rules) jaxlib 0.10.x hangs here; with them, every iteration finishes.
 Writes results.json (outcome, seconds, iterations, flags, versions).
 """
 
@@ -24,8 +26,17 @@ from thumb_jax import io
 
 _CHILD = r"""
 import sys, time
-import thumb_jax  # applies thumb_jax.platform's XLA:CPU flags unless XLA_FLAGS chose them
+import os
+import thumb_jax  # applies thumb_jax.platform's workarounds unless XLA_FLAGS chose otherwise
 import jax, jax.numpy as jnp
+if os.environ.get("THUMB_JAX_STRESS_NO_WORKAROUND"):  # put jax's own batching rules back
+  from jax._src.interpreters import batching
+  from jax._src.lax import linalg
+  for name in thumb_jax.platform.SEQUENTIAL_PRIMITIVES:
+    prim = getattr(linalg, name, None)
+    rule = batching.fancy_primitive_batchers.get(prim) if prim is not None else None
+    if rule is not None and hasattr(rule, "original"):
+      batching.fancy_primitive_batchers[prim] = rule.original
 from thumb_jax import lls
 
 def decompositions(a, b):
@@ -34,6 +45,18 @@ def decompositions(a, b):
           jax.scipy.linalg.solve_triangular(chol, b, lower=True))
 
 program = jax.jit(decompositions)
+
+def sibling_solves(a, b):  # a while loop whose body holds independent triangular solves
+  def body(carry):
+    i, a, b = carry
+    chol = jnp.linalg.cholesky(a)
+    x = jax.scipy.linalg.solve_triangular(chol, b, lower=True)
+    y = jax.scipy.linalg.solve_triangular(chol, b.T, lower=True)
+    z = jax.scipy.linalg.solve_triangular(chol, a[:, :1], lower=True)
+    return i + 1, a, b + 1e-3 * (x + y) + 1e-3 * z
+  return jax.lax.while_loop(lambda c: c[0] < 8, body, (0, a, b))[2]
+
+looped = jax.jit(jax.vmap(sibling_solves))
 sweep = jax.jit(jax.vmap(lambda x, y: lls.fit_sweep(x, y, jnp.geomspace(1.0, 100.0, 8)),
                          in_axes=(0, None)))
 z = jax.random.normal(jax.random.key(0), (64, 48, 48))
@@ -44,6 +67,7 @@ start = time.perf_counter()
 for i in range(int(sys.argv[1])):
   jax.block_until_ready(program(a + i, a - i))
   jax.block_until_ready(sweep(x + 1e-3 * i, y))
+  jax.block_until_ready(looped(a + i, a))
 print(f"seconds {time.perf_counter() - start:.3f}", flush=True)
 """
 
@@ -62,6 +86,8 @@ def run(*, iterations: int, timeout: float, workaround: bool = True) -> dict:
   flags = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                    if not f.startswith("--xla_cpu_enable_concurrency_optimized_scheduler"))
   setting = "false" if workaround else "true"
+  if not workaround:
+    env["THUMB_JAX_STRESS_NO_WORKAROUND"] = "1"
   flags = f"{flags} --xla_cpu_enable_concurrency_optimized_scheduler={setting}".strip()
   env["XLA_FLAGS"] = flags
   start = time.perf_counter()

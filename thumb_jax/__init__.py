@@ -22,6 +22,7 @@ Where each idea of the paper lives (README, "Where each idea of the paper lives"
 from thumb_jax import platform as _platform
 
 _platform.configure_xla_cpu()  # before any jax computation: see thumb_jax/platform.py
+_platform.sequential_cpu_decompositions()
 
 from thumb_jax import anisotropic, lls, metrics, mixture, recommend, retrain, theory  # noqa: E402
 from thumb_jax.mixture import GaussianMixture  # noqa: E402
