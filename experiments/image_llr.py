@@ -24,6 +24,7 @@ errors_vs_n.png, errors_vs_weight.png, weights_vs_n.png; prints a summary table.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,7 +91,9 @@ def check_config(cfg: Config) -> None:
   for name in ("num_sizes", "num_repeats", "num_weights", "curve_panels", "batch_size"):
     if getattr(cfg, name) < 1:
       raise ValueError(f"{name}: expected a positive integer, got {getattr(cfg, name)}")
-  if not 0 < cfg.weight_low < cfg.weight_high:
+  if cfg.ridge is not None and not (math.isfinite(cfg.ridge) and cfg.ridge >= 0):
+    raise ValueError(f"ridge: expected a finite number >= 0 or none, got {cfg.ridge!r}")
+  if not (0 < cfg.weight_low < cfg.weight_high and math.isfinite(cfg.weight_high)):
     raise ValueError(f"weight_low, weight_high: expected 0 < weight_low < weight_high, got "
                      f"{cfg.weight_low}, {cfg.weight_high}")
 

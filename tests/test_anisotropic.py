@@ -260,6 +260,39 @@ def test_invalid_arguments_under_jit_give_nan():
     assert np.isnan(out.err_plus) and not bool(out.converged)
 
 
+def test_extreme_weights_and_ridges_float32_matches_float64_or_is_nan():
+  """Never a confident wrong number: at ridge 1e30 float32 once gave (0, 0), converged.
+
+  Every float32 error is within metrics.ROUNDING_TOL of float64, or NaN with converged
+  False (the rescaled form keeps the traces from underflowing; where 2p - 1 cancels against
+  a ~1 / ridge term the result is NaN, in float64 too at ridges near 1e20).
+  """
+  d = 16
+  rng = np.random.default_rng(0)
+  mean = 0.5 * rng.normal(size=d)
+  spec = dict(eig_plus=np.arange(1, d + 1) ** -0.8, eig_minus=np.arange(1, d + 1) ** -0.5,
+              mean_plus=mean, mean_minus=-mean)
+  weights, ridges = np.meshgrid([1e-10, 1e-3, 1.0, 4.0, 1e3, 1e10],
+                                [0.0, 1e-12, 1e-2, 1.0, 1e4, 1e8, 1e20, 1e30], indexing="ij")
+  grid = jax.jit(jax.vmap(lambda form, w, r: an.class_errors(form, n=40.0, weight=w, ridge=r),
+                          in_axes=(None, 0, 0)))
+  for pi in (0.2, 0.5):
+    out = {}
+    for x64 in (True, False):
+      with jax.enable_x64(x64):
+        out[x64] = jax.tree.map(np.asarray, grid(an.from_eigenbasis(pi_plus=pi, **spec),
+                                                 weights.ravel(), ridges.ravel()))
+    got, ref = out[False], out[True]
+    for g, r in ((got.err_plus, ref.err_plus), (got.err_minus, ref.err_minus)):
+      finite = np.isfinite(g)
+      np.testing.assert_allclose(g[finite], r[finite], atol=metrics.ROUNDING_TOL, rtol=0)
+      np.testing.assert_array_equal(finite, got.converged)
+      assert finite.mean() > 0.75 and np.isfinite(r[ridges.ravel() < 1e20]).all()
+  # pi = 1/2, weight 1, ridge 1e30: NaN and not converged in float32 (was (0, 0), converged).
+  at = (weights.ravel() == 1.0) & (ridges.ravel() == 1e30)
+  assert np.isnan(got.err_plus[at]).all() and not got.converged[at].any()
+
+
 def _good():
   mix = power_law_mixture(8, seed=8)
   return mix
@@ -287,6 +320,9 @@ def _good():
     ({}, dict(weight=np.inf), "weight"),
     ({}, dict(ridge=np.nan), "ridge"),
     ({}, dict(ridge=np.inf), "ridge"),
+    ({}, dict(weight=np.nan), "weight"),
+    ({}, dict(weight="2"), "weight: expected real numbers"),
+    ({}, dict(ridge="0.1"), "ridge: expected real numbers"),
 ])
 def test_bad_inputs_raise(change, kwargs, match):
   mix = _good()._replace(**change)

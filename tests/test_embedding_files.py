@@ -64,3 +64,17 @@ def test_embedding_loader_accepts_documented_and_cache_names(tmp_path):
   np.savez(tmp_path / "other_test_x.npz", embeddings=np.ones((3, 4)), labels=np.ones(3))
   with pytest.raises(ValueError, match="exactly one"):
     embedding_files.load_embedding_splits(str(tmp_path))
+
+
+@pytest.mark.parametrize("damage", ["empty", "not-zip", "truncated", "pickled"])
+def test_unreadable_split_file_is_named(tmp_path, damage):
+  _write(tmp_path / "test.npz", X, Y)
+  path = tmp_path / "val.npz"
+  if damage == "pickled":
+    np.savez(path, embeddings=np.array([object()] * N), labels=Y)
+  else:
+    _write(path, X, Y)
+    path.write_bytes({"empty": b"", "not-zip": b"x, y\n1, 2\n",
+                      "truncated": path.read_bytes()[:300]}[damage])
+  with pytest.raises(ValueError, match=rf"^{path}: cannot read it as a NumPy"):
+    embedding_files.load_embedding_splits(tmp_path)

@@ -234,6 +234,45 @@ def test_sweep_bad_weights_raise(weights):
     lls.solve(factors, weights)
 
 
+NOT_FINITE = [np.inf, -np.inf, np.nan, "2"]
+NOT_FINITE_IDS = ["inf", "-inf", "nan", "string"]
+# Each entry point with one argument replaced by `bad`, and the name the error must give.
+ENTRIES = {
+    "fit-weight": (lambda x, y, bad: lls.fit(x, y, bad), "weight"),
+    "fit-ridge": (lambda x, y, bad: lls.fit(x, y, 2.0, ridge=bad), "ridge"),
+    "fit_sweep-weights": (lambda x, y, bad: lls.fit_sweep(x, y, np.array([1.0, bad])),
+                          "weights"),
+    "fit_sweep-ridge": (lambda x, y, bad: lls.fit_sweep(x, y, np.ones(2), ridge=bad), "ridge"),
+    "factor-ridge": (lambda x, y, bad: lls.factor(x, y, ridge=bad), "ridge"),
+    "solve-weights": (lambda x, y, bad: lls.solve(lls.factor(x, y, ridge=0.1),
+                                                  np.array([1.0, bad])), "weights"),
+}
+
+
+@pytest.mark.parametrize("bad", NOT_FINITE, ids=NOT_FINITE_IDS)
+@pytest.mark.parametrize("entry", list(ENTRIES))
+def test_non_finite_or_non_numeric_arguments_raise_naming_them(entry, bad):
+  call, name = ENTRIES[entry]
+  x, y = np.ones((4, 2)) + np.eye(4, 2), np.array([1.0, -1.0, -1.0, 1.0])
+  with pytest.raises(ValueError, match=f"^{name}: expected"):
+    call(x, y, bad)
+
+
+def test_half_precision_features_are_upcast_to_float32():
+  """jaxlib has no float16 LAPACK solvers: float16 / bfloat16 x fit as float32."""
+  x, y, _ = _data(40, 5)
+  y = jnp.asarray(y)
+  fit = jax.jit(lambda x: lls.fit(x, y, 3.0, ridge=0.1))
+  for low in (jnp.asarray(x, jnp.bfloat16), jnp.asarray(x, jnp.float16), x.astype(np.float16)):
+    got = fit(low)
+    assert got.w.dtype == jnp.float32
+    np.testing.assert_allclose(got.w, fit(jnp.asarray(low).astype(jnp.float32)).w, atol=1e-6)
+  swept = _SWEEP(low, y, jnp.array([3.0]), ridge=0.1)
+  np.testing.assert_allclose(swept.w[0], got.w, rtol=2e-3, atol=1e-5)
+  with pytest.raises(ValueError, match="^x: expected real numbers"):
+    lls.fit(np.full((4, 2), "a"), np.array([1.0, -1.0, -1.0, 1.0]))
+
+
 def test_too_few_minority_rows_raises():
   x, y, mask = _data(30, 4)
   kept = int(((y > 0) * mask).sum())

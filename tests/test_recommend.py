@@ -246,6 +246,47 @@ def test_cli_bad_input_exits_2(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("ridge", [np.inf, -np.inf, np.nan, "0.1", None, np.ones(2)],
+                         ids=["inf", "-inf", "nan", "string", "none", "array"])
+def test_non_finite_or_non_numeric_ridge_raises_naming_it(ridge):
+  x, y = _draw(6, 60, 4)
+  with pytest.raises(ValueError, match="^ridge: expected"):
+    recommend.recommend_weight(x, y, ridge=ridge)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_extreme_feature_scales_give_the_unit_scale_recommendation(scale):
+  """Features are centred and scaled in float64 first: 1e30 no longer overflows float32 into
+  'no class separation detectable (nan)'. The ridge scales with the features' variance."""
+  x, y = _draw(3, 400, 40)      # the shapes of test_recommendation_fields_and_dimensions
+  base = recommend.recommend_weight(x, y, ridge=1e-3)
+  scaled = recommend.recommend_weight(x * scale, y, ridge=1e-3 * scale ** 2)
+  np.testing.assert_allclose(scaled.weight, base.weight, rtol=1e-3)
+  np.testing.assert_allclose(scaled.errors, base.errors, rtol=1e-3, atol=1e-6)
+  np.testing.assert_allclose(scaled.mixture.var_plus, base.mixture.var_plus * scale ** 2,
+                             rtol=1e-3)
+  np.testing.assert_allclose(scaled.ridge_used, 1e-3 * scale ** 2, rtol=1e-6)
+  x = x.copy()
+  x[5, 7] = np.nan
+  with pytest.raises(ValueError, match="features: expected finite.*row 5"):
+    recommend.recommend_weight(x * scale, y, ridge=1e-3)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip archive\n", "truncated"],
+                         ids=["empty", "not-zip", "truncated"])
+def test_cli_unreadable_npz_exits_2_with_one_line_naming_the_file(tmp_path, capsys, content):
+  path = tmp_path / "emb.npz"
+  if content == "truncated":
+    np.savez(path, x=np.ones((50, 4)), y=np.r_[np.ones(25), -np.ones(25)])
+    content = path.read_bytes()[:200]
+  path.write_bytes(content)
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["recommend", "--features", str(path)])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and str(path) in err and "cannot read" in err
+
+
 def test_recommend_validate_main_smoke(tmp_path):
   """The validation entry point end to end: Gaussian case and a fake embeddings folder."""
   from experiments import recommend_validate

@@ -286,6 +286,37 @@ def test_bad_test_split_raises():
     retrain.run(*POOL, TEST[0], TEST[1] * 2, sizes=[40])
 
 
+@pytest.mark.parametrize("bad", [np.inf, np.nan, "0.1"], ids=["inf", "nan", "string"])
+@pytest.mark.parametrize("argument", ["ridge", "weights"])
+def test_non_finite_or_non_numeric_ridge_and_weights_raise(tmp_path, argument, bad):
+  value = bad if argument == "ridge" else np.array([1.0, bad], dtype=object)
+  with pytest.raises(ValueError, match=f"^{argument}: expected"):
+    retrain.run(*POOL, *TEST, sizes=[40], num_repeats=2, **{argument: value})
+  if argument == "ridge" and bad != "0.1":
+    with pytest.raises(ValueError, match="^ridge: expected a finite"):
+      image_llr.main(["--embeddings", str(tmp_path), "--out", str(tmp_path / "o"), "--quick",
+                      "--set", f"ridge={bad}"])
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_extreme_feature_scales_give_the_unit_scale_sweep(result, scale):
+  """Features at 1e30 overflowed the float32 feature scale (every test error 1.000)."""
+  x_pool, x_test = POOL[0] * scale, TEST[0] * scale
+  scaled = retrain.run(x_pool, POOL[1], x_test, TEST[1], sizes=SIZES, weights=WEIGHTS,
+                       num_repeats=REPEATS, seed=SEED)         # `result`'s compilation
+  np.testing.assert_allclose(scaled.feature_scale, result.feature_scale * scale, rtol=1e-5)
+  for got, ref in ((scaled.errors, result.errors),
+                   (scaled.methods.theory_ambient.errors, result.methods.theory_ambient.errors)):
+    assert np.mean(np.abs(np.asarray(got) - np.asarray(ref))) < 1e-3
+  w, w_ref = scaled.layers.w * scale, result.layers.w
+  assert np.median(np.abs(w - w_ref)) < 1e-3 * np.median(np.abs(w_ref))
+  x_pool[3, 1] = np.nan
+  with pytest.raises(ValueError, match="^x_pool: expected a finite.*1 NaN/inf"):
+    retrain.run(x_pool, POOL[1], x_test, TEST[1], sizes=SIZES)
+  with pytest.raises(ValueError, match="^x_pool: every feature is constant"):
+    retrain.run(np.full_like(x_test[:N_POOL], scale), POOL[1], x_test, TEST[1], sizes=SIZES)
+
+
 # ----------------------------------------------------------------------------- (f) entry point
 
 

@@ -113,6 +113,29 @@ def test_bad_parameters(params, match):
     WeightedLeastSquaresClassifier(**params).fit(x, y)
 
 
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan, "2"],
+                         ids=["inf", "-inf", "nan", "string"])
+@pytest.mark.parametrize("param", ["class_weight", "ridge", "class_weight_dict"])
+def test_non_finite_or_non_numeric_parameters_raise_naming_them(param, bad):
+  x, y = _data(3, n=40)
+  params = ({"class_weight": {1.0: bad, -1.0: 1.0}} if param == "class_weight_dict"
+            else {param: bad})
+  with pytest.raises(ValueError, match=f"^{param.removesuffix('_dict')}: expected"):
+    WeightedLeastSquaresClassifier(**params).fit(x, y)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_extreme_feature_scales_fit_like_unit_scale(scale):
+  """Features are centred and scaled in float64 before the float32 solve (1e30 overflowed)."""
+  x, y = _data(3, n=40)
+  base = WeightedLeastSquaresClassifier(class_weight=4.0, ridge=0.05).fit(x, y)
+  scaled = WeightedLeastSquaresClassifier(class_weight=4.0, ridge=0.05 * scale ** 2).fit(
+      x * scale, y)
+  np.testing.assert_allclose(scaled.coef_ * scale, base.coef_, rtol=1e-4)
+  np.testing.assert_allclose(scaled.intercept_, base.intercept_, rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(scaled.predict(x * scale), base.predict(x))
+
+
 def test_multiclass_and_one_class_rejected():
   x = np.random.default_rng(0).standard_normal((30, 2))
   with pytest.raises(ValueError, match="Only binary classification is supported"):

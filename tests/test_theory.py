@@ -245,6 +245,11 @@ def test_theory_sweep_compiles_once():
     (lambda: GaussianMixture(0.1, 1.0, 1.0, 2.0).validate(), "mean_inner"),
     (lambda: theory.class_errors(SYM1, 0.5, np.inf), "weight"),
     (lambda: theory.class_errors(SYM1, 0.5, 1.0, ridge=np.nan), "ridge"),
+    (lambda: theory.class_errors(SYM1, 0.5, 1.0, ridge=np.inf), "ridge"),
+    (lambda: theory.class_errors(SYM1, 0.5, np.nan), "weight"),
+    (lambda: theory.class_errors(SYM1, 0.5, "2"), "weight: expected real numbers"),
+    (lambda: theory.class_errors(SYM1, 0.5, 1.0, ridge="0.1"), "ridge: expected real numbers"),
+    (lambda: theory.optimal_weight(SYM1, 0.5, ridge=np.inf), "ridge"),
     (lambda: theory.optimal_weight(SYM1, 0.5, log10_range=(2.0, 1.0)), "log10_range"),
     (lambda: theory.optimal_weight(SYM1, 0.5, grid_size=1), "grid_size"),
     (lambda: theory.optimal_weight(SYM1, 0.5, refine_size=1), "refine_size"),
@@ -263,6 +268,38 @@ def test_bad_inputs_under_jit_give_nan():
   assert np.all(np.isnan(f(SYM1, 0.5, 1.0, -0.1)))         # ridge < 0
   assert np.all(np.isnan(f(SYM1._replace(pi_plus=1.5), 0.5, 1.0, 0.0)))
   assert np.all(np.isfinite(f(SYM1, 0.5, 1.0, 0.0)))
+
+
+# Extreme finite arguments: float32 must agree with float64 or say NaN, never a confident
+# wrong number (float32 once gave (0.000, 0.743) for the README mix at weight 9, ridge 1e8,
+# where float64 gives (0.107, 0.014), and (0, 1) at weight 1e10).
+EXTREME_DELTAS = np.array([0.05, 0.5, 0.999, 2.0])
+EXTREME_WEIGHTS = np.array([1e-10, 1e-3, 1.0, 4.0, 9.0, 9.0001, 1e3, 1e6, 1e10, 1e20])
+EXTREME_RIDGES = np.array([0.0, 1e-12, 1e-2, 1.0, 1e4, 1e8, 1e12, 1e20, 1e30, 1e37])
+_ERRORS = jax.jit(theory.class_errors)
+
+
+@pytest.mark.parametrize("mix", [SYM2, GaussianMixture(0.2, 1.0, 1.0, -1.0, 1.5, 1.0)],
+                         ids=["readme", "unequal-variances"])
+def test_extreme_weights_and_ridges_float32_matches_float64_or_is_nan(mix):
+  grid = (EXTREME_DELTAS[:, None, None], EXTREME_WEIGHTS[None, :, None],
+          EXTREME_RIDGES[None, None, :])
+  with jax.enable_x64(True):
+    ref = np.asarray(_ERRORS(mix, *grid))
+  with jax.enable_x64(False):
+    got = np.asarray(_ERRORS(mix, *grid), np.float64)
+  finite = np.isfinite(got)                              # [2, deltas, weights, ridges]
+  # Rounding may move a trusted error by metrics.ROUNDING_TOL = 1e-3 at most (seen: 2e-5).
+  np.testing.assert_allclose(got[finite], ref[finite], atol=metrics.ROUNDING_TOL, rtol=0)
+  assert np.all(np.isnan(got[np.isnan(ref)]))          # invalid (ridge 0, delta 2) in both
+  assert finite.mean() > 0.85 and np.isfinite(ref).mean() > 0.9
+  # The stable form (p, 1 - p and the resolvent root without cancellation) keeps these.
+  weight, ridge = list(EXTREME_WEIGHTS).index, list(EXTREME_RIDGES).index
+  assert np.all(finite[:, :3, weight(1e10), ridge(1e-2)])
+  assert np.all(finite[:, :3, :-1, ridge(0.0)])
+  if mix is SYM2:
+    np.testing.assert_allclose(ref[:, 1, weight(9.0), ridge(1e8)], [0.1067, 0.0138], atol=5e-4)
+    assert np.all(np.isnan(got[:, 1, weight(9.0), ridge(1e8)]))
 
 
 def test_counts_round_half_up():

@@ -19,23 +19,44 @@ def _fail(name, expected, value):
   raise ValueError(f"{name}: expected {expected}, got {np.asarray(value).tolist()!r}")
 
 
+def real(name: str, value) -> np.ndarray:
+  """`value` as a NumPy array of real numbers (bool, int or float), else ValueError naming it.
+
+  Strings, None, objects and complex numbers are refused here, before NumPy would raise a
+  bare TypeError (e.g. UFuncTypeError on a comparison).
+  """
+  try:
+    v = np.asarray(value)
+  except (TypeError, ValueError) as err:
+    raise ValueError(f"{name}: expected real numbers, got {value!r} ({err})") from None
+  if v.dtype.kind not in "biuf" and not jax.numpy.issubdtype(v.dtype, jax.numpy.floating):
+    raise ValueError(f"{name}: expected real numbers, got {value!r}")
+  return v
+
+
+def finite(name: str, value) -> None:
+  """Real and finite (no inf, no NaN); silent for tracers."""
+  if is_concrete(value) and not np.all(np.isfinite(real(name, value))):
+    _fail(name, "finite values", value)
+
+
 def open_interval(name: str, value, lo: float, hi: float) -> None:
   if is_concrete(value):
-    v = np.asarray(value)
+    v = real(name, value)
     if not np.all((v > lo) & (v < hi)):
       _fail(name, f"values in ({lo}, {hi})", value)
 
 
 def positive(name: str, value) -> None:
   if is_concrete(value):
-    v = np.asarray(value)
+    v = real(name, value)
     if not np.all(v > 0):
       _fail(name, "values > 0", value)
 
 
 def nonnegative(name: str, value) -> None:
   if is_concrete(value):
-    v = np.asarray(value)
+    v = real(name, value)
     if not np.all(v >= 0):
       _fail(name, "values >= 0", value)
 

@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
-from jax.scipy.special import log_ndtr, ndtr
 
 from thumb_jax import _checks, metrics, weight_search
 from thumb_jax.metrics import ClassErrors
@@ -166,7 +165,7 @@ class GeneralErrors(NamedTuple):
   err_minus: jax.Array
   iterations: jax.Array   # fixed-point steps taken
   residual: jax.Array     # max_k |e_k - F_k(e)| / F_k(e) at the returned e
-  converged: jax.Array    # bool; errors are NaN where False
+  converged: jax.Array    # bool: converged and trusted (see class_errors); else errors NaN
   log_err_plus: jax.Array   # log err_+, finite where err_+ underflows to 0
   log_err_minus: jax.Array  # log err_-
 
@@ -225,11 +224,17 @@ def _dense_terms(mix: CovarianceMixture, a, ridge, n) -> tuple[_Traces, _MeanTer
   d = mix.cov_plus.shape[0]
   chol = jnp.linalg.cholesky(ridge * jnp.eye(d, dtype=mix.cov_plus.dtype)
                              + a[0] * mix.cov_plus + a[1] * mix.cov_minus)
-  w_p, w_m = _sandwich(chol, mix.cov_plus), _sandwich(chol, mix.cov_minus)
+  # One triangular solve per stage, all right-hand sides together: independent batched
+  # solves side by side can hang jaxlib 0.10's CPU LAPACK pool (thumb_jax/platform.py).
+  means = jnp.stack([mix.mean_plus - mix.mean_minus, mix.mean_plus, mix.mean_minus], 1)
+  half = solve_triangular(chol, jnp.concatenate([mix.cov_plus, mix.cov_minus, means], 1),
+                          lower=True)                                  # L^-1 [S+, S-, means]
+  both = solve_triangular(chol, jnp.concatenate([half[:, :d].T, half[:, d:2 * d].T], 1),
+                          lower=True)                                  # [W_+, W_-]
+  w_p, w_m = both[:, :d], both[:, d:]
   traces = _traces(jnp.trace(w_p), jnp.trace(w_m), jnp.sum(w_p * w_p), jnp.sum(w_p * w_m),
                    jnp.sum(w_m * w_m), n)
-  u = solve_triangular(chol, mix.mean_plus - mix.mean_minus, lower=True)
-  v = solve_triangular(chol, jnp.stack([mix.mean_plus, mix.mean_minus], 1), lower=True)
+  u, v = half[:, 2 * d], half[:, 2 * d + 1:]
   return traces, _MeanTerms(u @ v, jnp.stack([u @ w_p @ u, u @ w_m @ u]))
 
 
@@ -316,29 +321,51 @@ def _class_errors(form, n, weight, ridge, *, max_iter, tol, damping) -> GeneralE
   iterations = diagnostics[0].astype(jnp.int32)
   residual, converged = diagnostics[1], diagnostics[2] > 0
 
-  # Steps 2-5 at the fixed point.
+  # Steps 2-5 at the fixed point, on sigma Qbar = (ridge / sigma I + (a / sigma) . Sigma)^-1
+  # with sigma = ridge + a . (mean variances): the traces and quadratic forms are then O(1)
+  # (t2 ~ 1 / ridge^2 underflows for ridges near 1e20 in float32). Suffix _s: times sigma
+  # (e, T, r, the scores) or sigma^2 (t2, g, the variances); z_k is unchanged.
   a = a_of(e)
-  tr, mt = terms_at(form, a, ridge, n)
-  d_q_d = mt.d_q_mu[0] - mt.d_q_mu[1]                       # dmu' Qbar dmu
-  cbar = jnp.sum(pi * c)
-  p = pi[0] * c[0] / cbar
-  beta = cbar * p * (1 - p)
-  spread = d_q_d + jnp.sum(e / pi)                          # T
-  gain = 2 * beta / (1 + beta * spread)                     # K
-  r = -p * (mt.d_q_mu[0] + e[0] / pi[0]) - (1 - p) * (mt.d_q_mu[1] - e[1] / pi[1])
-  score = (2 * p - 1) + gain * (mt.d_q_mu + r)              # S_k
+  sigma = ridge + a[0] * _mean_variance(form, 0) + a[1] * _mean_variance(form, 1)
+  tr, mt = terms_at(form, a / sigma, ridge / sigma, n)
+  e_s = tr.e
+  mass = pi * c
+  cbar = jnp.sum(mass)
+  p, p_m = mass[0] / cbar, mass[1] / cbar                  # p and 1 - p, no cancellation
+  offset = (mass[0] - mass[1]) / cbar                        # 2p - 1
+  beta = mass[0] * mass[1] / cbar                            # cbar p (1 - p)
+  spread_s = mt.d_q_mu[0] - mt.d_q_mu[1] + jnp.sum(e_s / pi)     # sigma T
+  gain = 2 * beta / (1 + beta * spread_s / sigma)           # K
+  r_terms = jnp.stack([p * mt.d_q_mu[0], p * e_s[0] / pi[0], p_m * mt.d_q_mu[1],
+                       p_m * e_s[1] / pi[1]])
+  r_s = -r_terms[0] - r_terms[1] - r_terms[2] + r_terms[3]
+  score_s = sigma * offset + gain * (mt.d_q_mu + r_s)       # sigma S_k
   b = b_of(e)
-  omega = tr.t2 * b[None, :]
-  g = _solve2(jnp.eye(2, dtype=dtype) - omega, tr.t2)       # column k: g_k = (I - Omega)^-1 h_k
+  omega = tr.t2 * b[None, :] / sigma / sigma
+  g_s = _solve2(jnp.eye(2, dtype=dtype) - omega, tr.t2)     # column k: g_k = (I - Omega)^-1 h_k
   # dmu' E_k dmu = dmu' Qbar Sigma_k Qbar dmu + sum_l b_l g_k[l] dmu' Qbar Sigma_l Qbar dmu.
-  d_e_d = mt.d_q_s_q_d + (b * mt.d_q_s_q_d) @ g
-  var = gain ** 2 * (d_e_d + g[0] / pi[0] + g[1] / pi[1])   # V_k
-  z_p, z_m = -score[0] / jnp.sqrt(var[0]), score[1] / jnp.sqrt(var[1])   # err_k = Phi(z_k)
-  ok = converged & ~bad
+  d_e_d_s = mt.d_q_s_q_d + (b * mt.d_q_s_q_d) @ g_s / sigma / sigma
+  var_s = gain ** 2 * (d_e_d_s + g_s[0] / pi[0] + g_s[1] / pi[1])   # sigma^2 V_k
+  root = jnp.sqrt(var_s)
+  z_p, z_m = -score_s[0] / root[0], score_s[1] / root[1]    # err_k = Phi(z_k)
+  # Rounding bound on z_k: 2p - 1 and K (dmu' Qbar mu_k + r) can cancel (at a large ridge
+  # K ~ 1 / ridge), so the score's error is eps times the sum of the sizes of its terms.
+  eps = 8.0 * jnp.finfo(dtype).eps
+  size = sigma + gain * (jnp.abs(mt.d_q_mu) + jnp.sum(jnp.abs(r_terms)))
+  slack = eps * (size / root + jnp.abs(jnp.stack([z_p, z_m])))
+  errors, log_errors = metrics.normal_tail_errors(z_p, z_m, slack[0], slack[1])
+  ok = converged & ~bad & ~jnp.isnan(errors.err_plus) & ~jnp.isnan(errors.err_minus)
   nan = jnp.asarray(jnp.nan, dtype)
   keep = lambda v: jnp.where(ok, v, nan)
-  return GeneralErrors(keep(ndtr(z_p)), keep(ndtr(z_m)), iterations, residual, ok,
-                       keep(log_ndtr(z_p)), keep(log_ndtr(z_m)))
+  return GeneralErrors(keep(errors.err_plus), keep(errors.err_minus), iterations, residual, ok,
+                       keep(log_errors.err_plus), keep(log_errors.err_minus))
+
+
+def _mean_variance(form, k: int):
+  """tr(Sigma_k) / d of either form (k = 0: class +1, 1: class -1)."""
+  if isinstance(form, CovarianceMixture):
+    return jnp.trace(form.cov_plus if k == 0 else form.cov_minus) / form.cov_plus.shape[0]
+  return jnp.mean(form.var_plus if k == 0 else form.var_minus)
 
 
 def _default_tol():
@@ -356,8 +383,7 @@ def _check_args(mixture, *, n, weight, ridge, max_iter=1, damping=1.0, scalar=Tr
       # An array would broadcast against the class axis [2] of the fixed point.
       raise ValueError(f"{name}: expected a scalar, got shape {np.shape(value)}; vmap "
                        f"class_errors over {name} for a sweep")
-    if _checks.is_concrete(value) and not np.all(np.isfinite(np.asarray(value, float))):
-      raise ValueError(f"{name}: expected finite values, got {np.asarray(value).tolist()}")
+    _checks.finite(name, value)
   _checks.positive("weight", weight)
   _checks.nonnegative("ridge", ridge)
   _checks.positive("n", n)
@@ -396,8 +422,11 @@ def class_errors(mixture: CovarianceMixture | Diagonalized, *, n, weight, ridge=
     damping: step size in (0, 1] of the damped Newton iteration (see `_fixed_point`).
 
   Returns:
-    GeneralErrors (err_plus, err_minus NaN where the iteration did not converge or an
-    argument is invalid under jit).
+    GeneralErrors (err_plus, err_minus NaN and converged False where the iteration did not
+    converge, an argument is invalid under jit, or rounding in the current precision could
+    move an error by more than `metrics.ROUNDING_TOL`, e.g. float32 at a ridge near 1e8 with
+    the weight near the ratio of priors, where 2p - 1 cancels against a ~1 / ridge term).
+    Extreme ridges and weights are computed in rescaled form (no underflow).
 
   Raises:
     ValueError: n, weight or ridge not a scalar; (concrete inputs) invalid mixture, a

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from thumb_jax import io, recommend
-from thumb_jax.embedding_files import FEATURE_KEYS, LABEL_KEYS, array_key
+from thumb_jax.embedding_files import FEATURE_KEYS, LABEL_KEYS, array_key, load_arrays
 
 
 def _pick(archive, key: str | None, candidates: Sequence[str], what: str, path) -> np.ndarray:
@@ -42,10 +42,13 @@ def _load(path: str, key: str | None, candidates: Sequence[str], what: str) -> n
   if not os.path.exists(path):
     raise ValueError(f"--{what}: no such file {path!r}")
   if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as archive:
-      return _pick(archive, key, candidates, what, path)
+    return _pick(load_arrays(path), key, candidates, what, path)
   if path.endswith(".npy"):
-    return np.load(path, allow_pickle=False)
+    arrays = load_arrays(path)
+    if "" not in arrays:
+      raise ValueError(f"--{what}: {path} is an .npz archive (holding {list(arrays)}), "
+                       "not an .npy file")
+    return arrays[""]
   raise ValueError(f"--{what}: expected a .npz or .npy file, got {path!r}")
 
 

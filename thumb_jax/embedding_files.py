@@ -12,12 +12,14 @@ import glob
 import json
 import os
 import re
+import zipfile
+import zlib
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-from thumb_jax import recommend
+from thumb_jax import _checks, recommend
 
 FEATURE_KEYS = ("embeddings", "x", "features")
 LABEL_KEYS = ("labels", "y", "targets")
@@ -32,6 +34,25 @@ def cache_field(text: str) -> str:
 def array_key(names: Sequence[str], candidates: Sequence[str]) -> str | None:
   """The first of `candidates` among an archive's array `names`, else None."""
   return next((k for k in candidates if k in names), None)
+
+
+def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Every array of an .npz (or the one array of an .npy, under the key ""), read eagerly.
+
+  Raises:
+    ValueError naming the file when it cannot be read: empty, truncated, not a zip archive
+    or .npy file, or holding pickled objects.
+  """
+  path = os.fspath(path)
+  try:
+    loaded = np.load(path, allow_pickle=False)
+    if isinstance(loaded, np.ndarray):
+      return {"": loaded}
+    with loaded:
+      return {key: np.asarray(loaded[key]) for key in loaded.files}
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+    reason = (str(err).splitlines() or [type(err).__name__])[0]
+    raise ValueError(f"{path}: cannot read it as a NumPy .npz/.npy file ({reason})") from None
 
 
 def find_split_file(directory: str | os.PathLike, split: str, *,
@@ -79,13 +100,13 @@ def load_embedding_splits(directory: str | os.PathLike,
   out = {}
   for split in splits:
     path = find_split_file(directory, split, dataset=dataset)
-    with np.load(path, allow_pickle=False) as f:
-      names = list(f.keys())
-      xkey, ykey = array_key(names, FEATURE_KEYS), array_key(names, LABEL_KEYS)
-      if xkey is None or ykey is None:
-        raise ValueError(f"{path}: expected arrays named one of {list(FEATURE_KEYS)} and one "
-                         f"of {list(LABEL_KEYS)}, found {names}")
-      x, y = np.asarray(f[xkey], np.float64), np.asarray(f[ykey])
+    f = load_arrays(path)
+    names = list(f)
+    xkey, ykey = array_key(names, FEATURE_KEYS), array_key(names, LABEL_KEYS)
+    if xkey is None or ykey is None:
+      raise ValueError(f"{path}: expected arrays named one of {list(FEATURE_KEYS)} and one "
+                       f"of {list(LABEL_KEYS)}, found {names}")
+    x, y = _checks.real(f"{path}: {xkey}", f[xkey]).astype(np.float64), f[ykey]
     if x.ndim != 2 or y.shape != (x.shape[0],):
       raise ValueError(f"{path}: expected embeddings [N, d] and labels [N], got {x.shape}, "
                        f"{y.shape}")

@@ -56,6 +56,17 @@ def _psd_solve(a: jax.Array, rhs: jax.Array) -> jax.Array:
   return evecs @ (inv * (evecs.T @ rhs))
 
 
+def _as_float(name: str, x) -> jax.Array:
+  """`x` as a float array of at least 32 bits: float16 / bfloat16 are upcast to float32
+  (LAPACK has no half-precision solvers), integers and bools to the default float."""
+  if not isinstance(x, jax.Array):
+    _checks.real(name, x)
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    return x.astype(jnp.result_type(float))
+  return x.astype(jnp.float32) if jnp.finfo(x.dtype).bits < 32 else x
+
+
 def _validate(x, y, weight, ridge, mask):
   _checks.shape("x", x, (None, None), "[n, d]")
   n = x.shape[0]
@@ -64,6 +75,8 @@ def _validate(x, y, weight, ridge, mask):
     _checks.shape("mask", mask, (n,), f"[{n}]")
   _checks.labels("y", y if mask is None or not _checks.is_concrete(mask)
                  else jnp.asarray(y)[jnp.asarray(mask) > 0])
+  _checks.finite("ridge", ridge)
+  _checks.finite("weight", weight)
   _checks.nonnegative("ridge", ridge)
   _checks.positive("weight", weight)
 
@@ -71,6 +84,7 @@ def _validate(x, y, weight, ridge, mask):
 def _check_weights(weights) -> None:
   if np.ndim(weights) != 1:
     raise ValueError(f"weights: expected shape [K] (1-D), got {np.shape(weights)}")
+  _checks.finite("weights", weights)
   _checks.positive("weights", weights)
 
 
@@ -84,7 +98,7 @@ def fit_weighted(x: jax.Array, y: jax.Array, sample_weight: jax.Array, *,
   limit), not NaN.
 
   Args:
-    x: features [n, d].
+    x: features [n, d] (half precision is upcast to float32).
     y: targets [n] (labels +1 / -1 for classification).
     sample_weight: c [n] >= 0; rows with c = 0 are left out.
     ridge: penalty; the objective adds ridge * (number of rows with c > 0) * |w|^2.
@@ -92,8 +106,9 @@ def fit_weighted(x: jax.Array, y: jax.Array, sample_weight: jax.Array, *,
   Returns:
     LastLayer(w [d], b []).
   """
+  x = _as_float("x", x)
   n_rows, d = x.shape
-  c = sample_weight.astype(x.dtype)
+  c = jnp.asarray(sample_weight).astype(x.dtype)
   n_eff = jnp.sum(c > 0)
   total = jnp.sum(c)
   xbar = c @ x / total
@@ -126,11 +141,27 @@ def fit(x: jax.Array, y: jax.Array, weight=1.0, *, ridge=0.0,
     LastLayer(w [d], b []).
 
   Raises:
-    ValueError (concrete inputs only): bad shapes, labels not in {+1, -1}, a class
-    absent, weight <= 0, ridge < 0.
+    ValueError (concrete inputs only): bad shapes, non-numeric x, labels not in {+1, -1},
+    a class absent, weight or ridge not a finite real number, weight <= 0, ridge < 0.
+    Half-precision x (float16, bfloat16) is upcast to float32 (so is the layer).
   """
+  x = _as_float("x", x)
   _validate(x, y, weight, ridge, mask)
   return fit_weighted(x, y, class_sample_weights(y, weight, mask), ridge=ridge)
+
+
+def host_scale(x_centred) -> float:
+  """A power of two 2^k near the root mean square of centred features [n, d] (host, float64).
+
+  Dividing features by it (and a ridge by its square) is exact in binary floating point and
+  brings any finite scale (1e-30, 1e30) to O(1) before a float32 solve. 1.0 for all-zero x.
+  """
+  x = np.asarray(x_centred, np.float64)
+  peak = float(np.max(np.abs(x))) if x.size else 0.0
+  if not 0.0 < peak < np.inf:
+    return 1.0
+  rms = peak * float(np.sqrt(np.mean((x / peak) ** 2)))
+  return float(np.ldexp(1.0, int(np.round(np.log2(rms)))))
 
 
 class Factors(NamedTuple):
@@ -180,9 +211,11 @@ def factor(x: jax.Array, y: jax.Array, *, ridge=0.0, mask: jax.Array | None = No
     Factors.
 
   Raises:
-    ValueError (concrete inputs only): as `fit`; minority_rows not a nonnegative int, or
-    fewer than the kept minority rows (under jit the extra rows would be dropped).
+    ValueError (concrete inputs only): as `fit` (x is upcast as there); minority_rows not
+    a nonnegative int, or fewer than the kept minority rows (under jit the extra rows would
+    be dropped).
   """
+  x = _as_float("x", x)
   _validate(x, y, 1.0, ridge, mask)
   if minority_rows is not None and (not isinstance(minority_rows, (int, np.integer))
                                     or isinstance(minority_rows, bool) or minority_rows < 0):
@@ -225,25 +258,33 @@ def factor(x: jax.Array, y: jax.Array, *, ridge=0.0, mask: jax.Array | None = No
     inv_root = jnp.where(in_range, jax.lax.rsqrt(jnp.where(in_range, evals, 1.0)), 0.0)
     whiten = lambda m: (inv_root * (evecs.T @ m).T).T
     unwhiten = lambda m: evecs @ (inv_root * m.T).T
-  e = whiten(diff)
-  base = unwhiten(e)
-
+  # Every stage below is one call on all its right-hand sides (a chain, no two LAPACK calls
+  # side by side): independent batched solves can hang jaxlib 0.10's CPU pool
+  # (thumb_jax/platform.py).
   if minority_rows is None or minority_rows >= r:
     # r x r: L^-1 S_+ L^-T = U diag(s) U'; then W V = U diag(sqrt s).
     rows_plus = centred * m_plus[:, None]
-    whitened = whiten(whiten(rows_plus.T @ rows_plus).T)
+    first = whiten(jnp.concatenate([diff[:, None], rows_plus.T @ rows_plus], 1))
+    e = first[:, 0]
+    whitened = whiten(first[:, 1:].T)
     spectrum, evecs_s = jnp.linalg.eigh(0.5 * (whitened + whitened.T))
     root = jnp.sqrt(jnp.clip(spectrum, 0.0, 1.0))
-    transform = unwhiten(evecs_s * root)
+    back = unwhiten(jnp.concatenate([e[:, None], evecs_s * root], 1))
+    base, transform = back[:, 0], back[:, 1:]
     proj = root * (evecs_s.T @ e)
   elif minority_rows > 0:
     keep = jnp.argsort(-m_plus, stable=True)[:minority_rows]       # minority rows first
-    half = whiten((centred[keep] * m_plus[keep, None]).T)          # W = L^-1 Z_+' [r, P]
+    rows_plus = (centred[keep] * m_plus[keep, None]).T             # Z_+' [r, P]
+    first = whiten(jnp.concatenate([diff[:, None], rows_plus], 1))
+    e, half = first[:, 0], first[:, 1:]                            # W = L^-1 Z_+' [r, P]
     gram = half.T @ half
     spectrum, evecs_s = jnp.linalg.eigh(0.5 * (gram + gram.T))
-    transform = unwhiten(half @ evecs_s)
+    back = unwhiten(jnp.concatenate([e[:, None], half @ evecs_s], 1))
+    base, transform = back[:, 0], back[:, 1:]
     proj = evecs_s.T @ (half.T @ e)
   else:
+    e = whiten(diff)
+    base = unwhiten(e)
     transform = jnp.zeros((r, 0), dtype)
     spectrum = proj = jnp.zeros((0,), dtype)
 
@@ -274,7 +315,7 @@ def solve(factors: Factors, weights: jax.Array) -> LastLayer:
     LastLayer(w [K, d], b [K]).
 
   Raises:
-    ValueError: weights not 1-D; (concrete) a weight <= 0.
+    ValueError: weights not 1-D; (concrete) a weight <= 0 or not a finite real number.
   """
   _check_weights(weights)
   f = factors

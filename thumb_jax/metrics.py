@@ -10,7 +10,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import ndtr
+from jax.scipy.special import log_ndtr, ndtr
 from scipy import stats
 
 from thumb_jax.lls import LastLayer
@@ -127,6 +127,30 @@ def empirical_class_errors(scores: jax.Array, labels: jax.Array,
   wrong_plus = jnp.sum(~(scores > 0) * plus, axis=-1) / jnp.sum(plus)
   wrong_minus = jnp.sum(~(scores <= 0) * minus, axis=-1) / jnp.sum(minus)
   return ClassErrors(wrong_plus, wrong_minus)
+
+
+ROUNDING_TOL = 1e-3
+
+
+def normal_tail_errors(z_plus, z_minus, slack_plus, slack_minus, *,
+                       tol=ROUNDING_TOL) -> tuple[ClassErrors, ClassErrors]:
+  """Errors Phi(z_k) and log Phi(z_k), NaN where rounding could move an error by more than tol.
+
+  Args:
+    z_plus, z_minus: err_k = Phi(z_k), any matching shapes.
+    slack_plus, slack_minus: bounds on the rounding error of z_k (>= 0). Phi is increasing,
+      so an error is trusted where Phi(z_k + slack_k) - Phi(z_k - slack_k) <= tol.
+    tol: the largest error change that rounding may cause.
+
+  Returns:
+    (ClassErrors of Phi(z_k), ClassErrors of log Phi(z_k)), NaN where untrusted.
+  """
+  def one(z, slack):
+    trusted = ndtr(z + slack) - ndtr(z - slack) <= tol
+    return jnp.where(trusted, ndtr(z), jnp.nan), jnp.where(trusted, log_ndtr(z), jnp.nan)
+
+  (e_p, log_p), (e_m, log_m) = one(z_plus, slack_plus), one(z_minus, slack_minus)
+  return ClassErrors(e_p, e_m), ClassErrors(log_p, log_m)
 
 
 class MeanCI(NamedTuple):

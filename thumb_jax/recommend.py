@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from thumb_jax import metrics, theory
+from thumb_jax import _checks, lls, metrics, theory
 from thumb_jax.metrics import ClassErrors
 from thumb_jax.mixture import GaussianMixture
 from thumb_jax.plug_in import DIMENSIONS, plug_in_stats, surrogate, surrogate_weight
@@ -286,8 +286,10 @@ def recommend_weight(features, labels, *, ridge: float = 0.0, objective: str = "
   if objective not in metrics.OBJECTIVES:
     raise ValueError(f"objective: expected one of {list(metrics.OBJECTIVES)}, got {objective!r}")
   _check_dimension(dimension)
-  if not np.isscalar(ridge) or not np.isfinite(ridge) or ridge < 0:
+  if isinstance(ridge, bool) or np.ndim(ridge) != 0:
     raise ValueError(f"ridge: expected a finite number >= 0, got {ridge!r}")
+  _checks.finite("ridge", ridge)
+  _checks.nonnegative("ridge", ridge)
   if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
     raise ValueError(f"bootstrap: expected an integer >= 0, got {bootstrap!r}")
   if not 0 < level < 1:
@@ -299,8 +301,12 @@ def recommend_weight(features, labels, *, ridge: float = 0.0, objective: str = "
         f"ridge: with ridge=0 and d={d} >= n-1={n_rows - 1} the least-squares fit "
         "interpolates the retraining set and the class weight has no effect; pass ridge > 0")
 
+  # Translation invariant, and x / s with ridge / s^2 is the same problem (s a power of two:
+  # exact): centring and scaling in float64 keeps float32 from losing digits or overflowing.
+  centred = x64 - x64.mean(axis=0)
+  scale = lls.host_scale(centred)
   dtype = jnp.result_type(float)
-  x = jnp.asarray(x64 - x64.mean(axis=0), dtype)      # translation invariant; helps float32
+  x = jnp.asarray(centred / scale, dtype)
   is_plus = jnp.asarray(y > 0)
   if dimension == "whitened" and not n_rows > d + 3:
     raise ValueError(f"dimension: 'whitened' needs n > d + 3 to invert the within-class "
@@ -311,24 +317,33 @@ def recommend_weight(features, labels, *, ridge: float = 0.0, objective: str = "
   if not float(sur.signal) > 0:
     raise RecommendationUndefined(
         "features: no class separation detectable, the debiased squared mean difference "
-        f"is {float(sur.signal):.3g} <= 0; the optimal weight is undefined")
+        f"is {float(sur.signal) * scale ** 2:.3g} <= 0; the optimal weight is undefined")
   mixture, delta, d_eff = _to_float_mixture(sur.mixture), float(sur.delta), float(sur.dimension)
-  ridge_used = float(ridge * sur.ridge_scale)
+  ridge_theory = float(ridge / scale ** 2 * sur.ridge_scale)     # in the scaled units
   if ridge == 0 and delta >= 1:
     raise RecommendationUndefined(
         f"dimension: delta_eff = d_eff / n = {delta:.3g} >= 1 with ridge=0: the isotropic "
         "theory predicts an interpolating fit that ignores the weight; pass ridge > 0")
   prior_weight = float(stats.count_minus / stats.count_plus)
   mixture.validate()
-  best, prior_errors = _predict_jit(mixture, delta, ridge_used, prior_weight,
+  best, prior_errors = _predict_jit(mixture, delta, ridge_theory, prior_weight,
                                     objective=objective, log10_range=tuple(log10_range))
+  if not np.isfinite(float(best.weight)):
+    raise RecommendationUndefined(
+        f"ridge: the theory gives no weight at ridge {ridge!r} for these features (the "
+        f"theory's ridge, relative to their scale: {ridge_theory:.3g}); try a ridge nearer "
+        "the features' variance")
+  # Report the model and the ridge in the features' own units.
+  mixture = GaussianMixture(mixture.pi_plus, *(v * scale ** 2 for v in mixture[1:]))
+  ridge_used = ridge_theory * scale ** 2
 
   if bootstrap > 0:
     index_plus = jnp.asarray(np.flatnonzero(y > 0))
     index_minus = jnp.asarray(np.flatnonzero(y < 0))
     keys = jax.random.split(jax.random.key(seed), bootstrap)
     boot = np.asarray(_bootstrap_weights_jit(
-        keys, x, is_plus, index_plus, index_minus, dimension=dimension, ridge=float(ridge),
+        keys, x, is_plus, index_plus, index_minus, dimension=dimension,
+        ridge=float(ridge / scale ** 2),
         objective=objective, log10_range=tuple(log10_range),
         batch_size=min(batch_size, bootstrap)), np.float64)
     finite = boot[np.isfinite(boot)]

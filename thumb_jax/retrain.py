@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from thumb_jax import lls, mixture, platform, plug_in, subsample, theory
+from thumb_jax import _checks, lls, mixture, platform, plug_in, subsample, theory
 from thumb_jax.metrics import ClassErrors, empirical_class_errors
 from thumb_jax.subsample import Subsamples, size_counts, subsample_masks
 
@@ -265,8 +265,8 @@ def sweep(x_pool: jax.Array, y_pool: jax.Array, x_test: jax.Array, y_test: jax.A
   num_sizes, num_repeats, n_mask = subsamples.mask.shape
   if n_mask != n_pool:
     raise ValueError(f"subsamples.mask: expected [S, R, {n_pool}], got {subsamples.mask.shape}")
-  if not isinstance(ridge, (int, float)) or ridge < 0:
-    raise ValueError(f"ridge: expected a Python float >= 0 (static), got {ridge!r}")
+  if not isinstance(ridge, (int, float)) or not np.isfinite(ridge) or ridge < 0:
+    raise ValueError(f"ridge: expected a finite Python float >= 0 (static), got {ridge!r}")
   if row_buffers is None:
     row_buffers = ((n_pool, n_pool, n_pool),) * num_sizes
   subsample.check_buffers(subsamples.count_plus, subsamples.count_minus, row_buffers)
@@ -356,16 +356,17 @@ def run(x_pool, y_pool, x_test, y_test, *, sizes: Sequence[int], weights=None,
     weights: grid [K] > 0 (default `log_weights()`, 32 weights from 0.1 to 1000).
     num_repeats: R subsamples per size.
     seed: root seed of the subsamples.
-    ridge: None picks `default_ridge(sizes, d)`.
+    ridge: None picks `default_ridge(sizes, d)`; else finite >= 0.
     objective, dimension, batch_size: see `sweep`.
 
   Returns:
-    RetrainResult of NumPy arrays.
+    RetrainResult of NumPy arrays (layer weights w in float64, raw feature units).
+
+  Raises:
+    ValueError naming the argument: non-numeric, non-finite or constant features, labels
+    not in {+1, -1}, a non-finite or negative ridge or weight, bad sizes.
   """
-  x_pool, x_test = np.asarray(x_pool), np.asarray(x_test)
-  for name, x in (("x_pool", x_pool), ("x_test", x_test)):
-    if x.ndim != 2 or not np.all(np.isfinite(x)):
-      raise ValueError(f"{name}: expected a finite 2-D array [n, d], got shape {x.shape}")
+  x_pool, x_test = _as_features("x_pool", x_pool), _as_features("x_test", x_test)
   y_pool = np.asarray(y_pool).astype(np.float64)
   y_test = np.asarray(y_test).astype(np.float64)
   for name, y, x in (("y_pool", y_pool, x_pool), ("y_test", y_test, x_test)):
@@ -380,20 +381,48 @@ def run(x_pool, y_pool, x_test, y_test, *, sizes: Sequence[int], weights=None,
   count_plus, count_minus = size_counts(y_pool, sizes)
   if np.any(count_plus > count_minus):
     raise ValueError("y_pool: class +1 must be the minority (count_plus <= count_minus)")
-  weights = log_weights() if weights is None else np.asarray(weights, np.float64)
+  if weights is None:
+    weights = log_weights()
+  else:
+    _checks.finite("weights", weights)
+    weights = np.asarray(weights, np.float64)
   if weights.ndim != 1 or not np.all(weights > 0):
     raise ValueError("weights: expected a 1-D array of values > 0")
-  ridge = default_ridge(count_plus + count_minus, x_pool.shape[1]) if ridge is None \
-      else float(ridge)
-  if ridge < 0:
-    raise ValueError(f"ridge: expected >= 0, got {ridge}")
+  if ridge is None:
+    ridge = default_ridge(count_plus + count_minus, x_pool.shape[1])
+  elif isinstance(ridge, bool) or np.ndim(ridge) != 0:
+    raise ValueError(f"ridge: expected a finite number >= 0 or None, got {ridge!r}")
+  _checks.finite("ridge", ridge)
+  _checks.nonnegative("ridge", ridge)
+  ridge = float(ridge)
+  # The sweep standardizes by the pool's feature scale; dividing by a power of two near it
+  # first (exact) keeps that float32 computation from overflowing or underflowing.
+  prescale = lls.host_scale(x_pool - x_pool.mean(axis=0))
   dtype = jnp.result_type(float)
   with platform.single_threaded_blas():
     result = _run_jit(
-        jnp.asarray(x_pool, dtype), jnp.asarray(y_pool, dtype),
-        jnp.asarray(x_test, dtype), jnp.asarray(y_test, dtype),
+        jnp.asarray(x_pool / prescale, dtype), jnp.asarray(y_pool, dtype),
+        jnp.asarray(x_test / prescale, dtype), jnp.asarray(y_test, dtype),
         jax.random.key(seed), jnp.asarray(count_plus), jnp.asarray(count_minus),
         jnp.asarray(weights, dtype), num_repeats=int(num_repeats), ridge=ridge,
         objective=objective, dimension=dimension, batch_size=int(batch_size),
         row_buffers=subsample.buffer_lengths(count_plus, count_minus, x_pool.shape[0]))
-    return jax.tree.map(np.asarray, result)
+    result = jax.tree.map(np.asarray, result)
+  unscale = lambda layer: layer._replace(w=np.asarray(layer.w, np.float64) / prescale)
+  return result._replace(
+      layers=unscale(result.layers),
+      methods=Methods(*(m._replace(layer=unscale(m.layer)) for m in result.methods)),
+      feature_scale=np.asarray(result.feature_scale, np.float64) * prescale)
+
+
+def _as_features(name: str, x) -> np.ndarray:
+  """x as float64 [n, d], finite and not constant, else ValueError naming it."""
+  x = _checks.real(name, x).astype(np.float64)
+  if x.ndim != 2 or x.shape[0] < 1 or not np.all(np.isfinite(x)):
+    bad = int(np.sum(~np.isfinite(x)))
+    raise ValueError(f"{name}: expected a finite 2-D array [n, d], got shape {x.shape}"
+                     + (f" with {bad} NaN/inf entries" if bad else ""))
+  if name == "x_pool" and np.all(x == x[0]):
+    raise ValueError(f"{name}: every feature is constant over the pool (no variance to "
+                     "retrain on)")
+  return x

@@ -11,6 +11,7 @@ Requires the optional dependency scikit-learn (`pip install thumb_jax[sklearn]`)
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 
@@ -22,6 +23,13 @@ from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from thumb_jax import lls, recommend
+
+
+def _finite_number(value) -> bool:
+  """A real, finite number (not a bool, a string or an array)."""
+  return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and math.isfinite(value))
+
 
 # Jitted at its only use site: one compile per data shape (faster than op-by-op dispatch).
 _fit = jax.jit(lls.fit)
@@ -67,13 +75,12 @@ class WeightedLeastSquaresClassifier(ClassifierMixin, BaseEstimator):
   def _check_params(self):
     cw = self.class_weight
     valid = (isinstance(cw, dict) or cw in ("priors", "theory")
-             if isinstance(cw, (str, dict)) else
-             isinstance(cw, numbers.Real) and not isinstance(cw, bool) and cw > 0)
+             if isinstance(cw, (str, dict)) else _finite_number(cw) and cw > 0)
     if not valid:
-      raise ValueError("class_weight: expected a positive number, 'priors', 'theory' or a dict "
-                       f"{{label: weight}}, got {cw!r}")
-    if not isinstance(self.ridge, numbers.Real) or not self.ridge >= 0:
-      raise ValueError(f"ridge: expected a number >= 0, got {self.ridge!r}")
+      raise ValueError("class_weight: expected a finite positive number, 'priors', 'theory' or "
+                       f"a dict {{label: weight}}, got {cw!r}")
+    if not _finite_number(self.ridge) or not self.ridge >= 0:
+      raise ValueError(f"ridge: expected a finite number >= 0, got {self.ridge!r}")
     if self.objective not in ("worst", "balanced"):
       raise ValueError(f"objective: expected 'worst' or 'balanced', got {self.objective!r}")
 
@@ -96,9 +103,11 @@ class WeightedLeastSquaresClassifier(ClassifierMixin, BaseEstimator):
       missing = [c for c in self.classes_ if c not in cw]
       if missing:
         raise ValueError(f"class_weight: the dict has no weight for labels {missing}")
-      c_plus, c_minus = float(cw[self.minority_]), float(cw[self._majority])
-      if not (c_plus > 0 and c_minus > 0):
-        raise ValueError(f"class_weight: expected positive weights, got {cw!r}")
+      c_plus, c_minus = cw[self.minority_], cw[self._majority]
+      if not (_finite_number(c_plus) and _finite_number(c_minus) and c_plus > 0
+              and c_minus > 0):
+        raise ValueError(f"class_weight: expected finite positive weights, got {cw!r}")
+      c_plus, c_minus = float(c_plus), float(c_minus)
       # c_- [sum (c_+/c_-) ... + (ridge/c_-) n |w|^2] has the same minimizer.
       return c_plus / c_minus, ridge / c_minus, None
     return float(cw), ridge, None
@@ -122,13 +131,16 @@ class WeightedLeastSquaresClassifier(ClassifierMixin, BaseEstimator):
         X, y, counts[minority], counts[1 - minority], float(self.ridge))
     self.weight_ = float(weight)
     signs = np.where(y == self.minority_, 1.0, -1.0)
-    # Centre in float64 first: the fit is translation invariant and float32 loses
-    # digits on features with a large common offset.
+    # Centre and scale in float64 first: the fit is translation invariant, float32 loses
+    # digits on features with a large common offset and overflows on features near 1e20;
+    # x / s with ridge / s^2 has the same minimizer in s w (s a power of two: exact).
     centre = X.mean(axis=0, dtype=np.float64)
+    centred = X - centre
+    scale = lls.host_scale(centred)
     dtype = jnp.result_type(float)
-    layer = _fit(jnp.asarray(X - centre, dtype), jnp.asarray(signs, dtype), self.weight_,
-                 ridge=ridge)
-    w = np.asarray(layer.w, np.float64)
+    layer = _fit(jnp.asarray(centred / scale, dtype), jnp.asarray(signs, dtype), self.weight_,
+                 ridge=ridge / scale ** 2)
+    w = np.asarray(layer.w, np.float64) / scale
     b = float(layer.b) - float(centre @ w)
     orient = 1.0 if minority == 1 else -1.0            # positive scores -> classes_[1]
     self.coef_ = orient * w[None, :]

@@ -17,7 +17,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import log_ndtr, ndtr
 
 from thumb_jax import _checks, metrics, weight_search
 from thumb_jax.metrics import ClassErrors
@@ -47,13 +46,16 @@ def resolvent(delta, tau_plus, tau_minus, pi_plus, ridge, *, newton_steps: int =
   With ridge = 0 it is the quadratic
       A m^2 + B m - 1 = 0,  A = tau_+ tau_- delta (1 - delta),
       B = pi_+ tau_+ + pi_- tau_- - (tau_+ + tau_-) delta,
-  whose positive root 2 / (B + sqrt(B^2 + 4A)) we use in closed form (NaN for delta >= 1).
+  whose positive root we use in closed form (NaN for delta >= 1).
   """
   pi_minus = 1.0 - pi_plus
   # Closed form (ridge = 0).
   qa = tau_plus * tau_minus * delta * (1.0 - delta)
   qb = pi_plus * tau_plus + pi_minus * tau_minus - (tau_plus + tau_minus) * delta
-  m_ridgeless = jnp.where(delta < 1.0, 2.0 / (qb + jnp.sqrt(qb ** 2 + 4.0 * qa)), jnp.nan)
+  # The root without cancellation: 2 / (B + sqrt) for B >= 0, (sqrt - B) / (2A) for B < 0.
+  root = jnp.sqrt(qb ** 2 + 4.0 * qa)
+  m_ridgeless = jnp.where(qb >= 0, 2.0 / (qb + root), (root - qb) / (2.0 * qa))
+  m_ridgeless = jnp.where(delta < 1.0, m_ridgeless, jnp.nan)
 
   # Newton (ridge > 0); the ridge-0 entries are masked to a harmless ridge.
   lam = jnp.where(ridge > 0, ridge, 1.0)
@@ -83,10 +85,15 @@ def _asymptotics(mixture: GaussianMixture, delta, weight, ridge, *,
 
   c_p, c_m = weight, 1.0
   tau_p, tau_m = c_p * s2_p, c_m * s2_m
-  cbar = pi_p * c_p + pi_m * c_m
-  p = pi_p * c_p / cbar
+  # p = pi_+ c_+ / cbar, 1 - p and 2p - 1 each from the class masses: 1 - p computed as a
+  # difference would round to 0 for weights near 1e8 in float32.
+  mass_p, mass_m = pi_p * c_p, pi_m * c_m
+  cbar = mass_p + mass_m
+  p, p_m = mass_p / cbar, mass_m / cbar
+  offset = (mass_p - mass_m) / cbar                                        # 2p - 1
   spread = d2 + delta * (s2_p / pi_p + s2_m / pi_m)                       # L
-  q = -p * a_p - (1 - p) * a_m - p * delta * s2_p / pi_p + (1 - p) * delta * s2_m / pi_m
+  q_terms = (p * a_p, p_m * a_m, p * delta * s2_p / pi_p, p_m * delta * s2_m / pi_m)
+  q = -q_terms[0] - q_terms[1] - q_terms[2] + q_terms[3]
   if interpolator:
     # ridge -> 0+ with delta > 1: m -> infinity, K -> 2 / L and m2 / m^2 -> delta / (delta - 1)
     # (each tau_k^2 m^2 / (1 + tau_k delta m)^2 -> 1 / delta^2). The mean scores S_k are then
@@ -96,29 +103,39 @@ def _asymptotics(mixture: GaussianMixture, delta, weight, ridge, *,
     m2 = m
     gain = 2.0 / spread
     ratio = jnp.where(delta > 1, delta / (delta - 1.0), jnp.nan)           # m2 / m^2
-    norm = gain * jnp.sqrt(ratio * spread)
   else:
     m = resolvent(delta, tau_p, tau_m, pi_p, ridge)
-    bracket = (pi_p * tau_p ** 2 / (1 + tau_p * delta * m) ** 2
-               + pi_m * tau_m ** 2 / (1 + tau_m * delta * m) ** 2)
-    m2 = m ** 2 / (1.0 - m ** 2 * delta * bracket)
-    beta = cbar * p * (1 - p)
+    # m2 / m^2 = 1 / (1 - delta sum_k pi_k (tau_k m / (1 + tau_k delta m))^2)
+    #          = delta / (delta - 1 + sum_k pi_k v_k (2 - v_k)),  v_k = 1 / (1 + tau_k delta m):
+    # no m^2 (it underflows for ridges near 1e20 in float32), and less cancellation near
+    # delta = 1 than 1 - (a sum near 1).
+    v_p, v_m = 1.0 / (1.0 + tau_p * delta * m), 1.0 / (1.0 + tau_m * delta * m)
+    ratio = delta / (delta - 1.0 + pi_p * v_p * (2.0 - v_p) + pi_m * v_m * (2.0 - v_m))
+    m2 = ratio * m ** 2
+    beta = mass_p * mass_m / cbar                                          # cbar p (1 - p)
     gain = 2.0 * beta * m / (1.0 + beta * m * spread)
-    norm = gain * jnp.sqrt(m2 * spread) / m
-  score_p = (2 * p - 1) + gain * (a_p + q)
-  score_m = (2 * p - 1) + gain * (a_m + q)
+  norm = gain * jnp.sqrt(ratio * spread)
+  score_p = offset + gain * (a_p + q)
+  score_m = offset + gain * (a_m + q)
   z_p = -score_p / (jnp.sqrt(s2_p) * norm)          # err_+ = Phi(z_+)
   z_m = score_m / (jnp.sqrt(s2_m) * norm)           # err_- = Phi(z_-)
-  errors = ClassErrors(*(jnp.where(bad, jnp.nan, ndtr(z)) for z in (z_p, z_m)))
-  log_errors = ClassErrors(*(jnp.where(bad, jnp.nan, log_ndtr(z)) for z in (z_p, z_m)))
+  # Rounding bound on z_k: the score is a sum of terms that can cancel (2p - 1 against
+  # K (a_k + q) at a large ridge, where K ~ 1 / ridge), so its error is eps times the sum of
+  # their sizes; the norm's relative error grows as m2 / m^2 (the factor 1 / (1 - ...)).
+  eps = 8.0 * jnp.finfo(dtype).eps
+  size = 1.0 + gain * sum(jnp.abs(t) for t in q_terms)
+  slack_p = eps * ((size + gain * jnp.abs(a_p)) / (jnp.sqrt(s2_p) * norm) + ratio * jnp.abs(z_p))
+  slack_m = eps * ((size + gain * jnp.abs(a_m)) / (jnp.sqrt(s2_m) * norm) + ratio * jnp.abs(z_m))
+  errors, log_errors = metrics.normal_tail_errors(z_p, z_m, slack_p, slack_m)
+  errors = ClassErrors(*(jnp.where(bad, jnp.nan, e) for e in errors))
+  log_errors = ClassErrors(*(jnp.where(bad, jnp.nan, e) for e in log_errors))
   return Asymptotics(m, m2, gain, score_p, score_m, norm, errors, log_errors)
 
 
 def _check(mixture, delta, weight, ridge):
   mixture.validate()
   for name, value in (("delta", delta), ("weight", weight), ("ridge", ridge)):
-    if _checks.is_concrete(value) and not np.all(np.isfinite(np.asarray(value, float))):
-      raise ValueError(f"{name}: expected finite values, got {np.asarray(value).tolist()}")
+    _checks.finite(name, value)
   _checks.positive("delta", delta)
   _checks.positive("weight", weight)
   _checks.nonnegative("ridge", ridge)
@@ -147,7 +164,11 @@ def class_errors(mixture: GaussianMixture, delta, weight, ridge=0.0) -> ClassErr
     ridge: ridge >= 0, penalty ridge * n * |w|^2.
 
   Returns:
-    ClassErrors broadcast over (delta, weight, ridge).
+    ClassErrors broadcast over (delta, weight, ridge). Extreme weights and ridges are
+    computed in a form that neither overflows nor underflows; NaN where rounding in the
+    current precision could move an error by more than `metrics.ROUNDING_TOL` (e.g. float32
+    at a ridge near 1e8 with the weight near the ratio of priors, where 2p - 1 cancels
+    against a ~1 / ridge term), never a confident wrong number.
   """
   return asymptotics(mixture, delta, weight, ridge).errors
 
