@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
   if not counts or min(counts) < 1:
     raise ValueError(f"--devices: expected comma-separated integers >= 1, got {args.devices!r}")
   cfg = ({"seeds": 8, "n": 256, "d": 32, "weights": 8, "repeats": 3} if args.quick else
-         {"seeds": 16, "n": 2048, "d": 256, "weights": 32, "repeats": 5})
+         {"seeds": 16, "n": 1024, "d": 128, "weights": 32, "repeats": 3})
   import jax  # after thumb_jax (via common) set the XLA flags
 
   on_cpu = jax.default_backend() == "cpu"
