@@ -140,7 +140,11 @@ def sharded_vmap(fn: Callable, *, in_axes: Any = 0, mesh_: Mesh | None = None,
 
   @functools.partial(jax.jit, static_argnames=static_argnames, out_shardings=replicated)
   def run(*args, **static):
-    return jax.vmap(functools.partial(fn, **static), in_axes=axes(len(args)))(*args)
+    # shard_map: each device vmaps over its own slice of the batch (the math per element
+    # is untouched, and loops inside fn never run over the sharded axis).
+    spec = tuple(P(BATCH) if ax == 0 else P() for ax in axes(len(args)))
+    local = lambda *a: jax.vmap(functools.partial(fn, **static), in_axes=axes(len(a)))(*a)
+    return jax.shard_map(local, mesh=the_mesh, in_specs=spec, out_specs=P(BATCH))(*args)
 
   def axes(count):
     return (in_axes,) * count if isinstance(in_axes, int) or in_axes is None else tuple(in_axes)
