@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import json
 import subprocess
 import sys
@@ -66,6 +67,7 @@ class Config:
   repeats: int = 5            # median over these (fast methods)
   slow_repeats: int = 1       # per-weight lls.fit, scikit-learn, NumPy loops
   sklearn: bool = True
+  torch: bool = True          # the PyTorch row (skipped when torch is not installed)
   theory_deltas: int = 1000
   theory_weights: int = 1000
   main_job: bool = True       # time `python -m experiments.gaussian` in a subprocess
@@ -157,6 +159,27 @@ def sklearn_loop(cfg: Config) -> Callable:
   return run
 
 
+def torch_loop(cfg: Config) -> Callable:
+  """PyTorch float32: the weighted normal equations per weight, solved for all seeds at once."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  def run(x, y, weights):
+    xt = torch.from_numpy(np.array(x, np.float32))          # copies: writable for torch
+    yt = torch.from_numpy(np.array(y, np.float32))
+    num_seeds, n, d = xt.shape
+    xa = torch.cat([xt, torch.ones(num_seeds, n, 1)], dim=2)          # intercept column
+    penalty = cfg.ridge * n * torch.diag(torch.cat([torch.ones(d), torch.zeros(1)]))
+    ws, bs = [], []
+    for weight in np.asarray(weights, np.float32):
+      c = torch.where(yt > 0, float(weight), 1.0)
+      gram = xa.transpose(1, 2) @ (c[..., None] * xa) + penalty
+      theta = torch.linalg.solve(gram, xa.transpose(1, 2) @ (c * yt)[..., None])[..., 0]
+      ws.append(theta[:, :d])
+      bs.append(theta[:, d])
+    return lls.LastLayer(torch.stack(ws, 1).numpy(), torch.stack(bs, 1).numpy())
+  return run
+
+
 def numpy_loop(cfg: Config) -> Callable:
   def run(x, y, weights):
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
@@ -238,6 +261,8 @@ def run(cfg: Config, out) -> dict:
   }
   if cfg.sklearn:
     methods["scikit-learn Ridge loop"] = (sklearn_loop(cfg), cfg.slow_repeats)
+  if cfg.torch and importlib.util.find_spec("torch") is not None:
+    methods["PyTorch per-weight solve (seeds batched)"] = (torch_loop(cfg), cfg.slow_repeats)
   rows, outputs = [], {}
   for name, (fn, repeats) in common.progress(methods.items(), desc="bench", total=len(methods)):
     t = report.time_calls(fn, x, y, weights, repeats=repeats)
