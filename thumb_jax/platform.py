@@ -45,10 +45,11 @@ def _backend_started() -> bool:
 
 
 def configure_xla_cpu() -> bool:
-  """Adds `XLA_CPU_FLAGS` to XLA_FLAGS unless the user already chose a value for them.
+  """Adds `XLA_CPU_FLAGS` to XLA_FLAGS and turns off CPU async dispatch, unless the user chose.
 
   Must run before the first jax computation (XLA reads XLA_FLAGS once). Harmless on GPU
-  (the flags only concern the CPU backend).
+  (both concern the CPU backend only). The user's own XLA_FLAGS value for a flag, or
+  JAX_CPU_ENABLE_ASYNC_DISPATCH=true, wins.
 
   Returns:
     True if the flags are in effect for this process.
