@@ -145,19 +145,12 @@ def test_resume_after_interruption_matches_uninterrupted(full_run, tmp_path, mon
   full_dir, full = full_run
   data = fake_dataset()
   # Interrupted 2 steps into epoch 2 (after the epoch-1 checkpoint), then run again.
-  jitted_steps = train.jitted_steps
+  def interrupt(call, state, metrics):
+    if call > STEPS_PER_EPOCH + 2:
+      raise Interrupted
+    return state, metrics
 
-  def interrupting_steps(**kwargs):
-    train_fn, eval_fn = jitted_steps(**kwargs)
-    calls = []
-
-    def counted(*args):
-      calls.append(1)
-      if len(calls) > STEPS_PER_EPOCH + 2:
-        raise Interrupted
-      return train_fn(*args)
-    return counted, eval_fn
-
+  interrupting_steps = _steps_with(interrupt)
   with monkeypatch.context() as m:
     m.setattr(train, "jitted_steps", interrupting_steps)
     with pytest.raises(Interrupted):
