@@ -135,7 +135,8 @@ def cached_embeddings(cache_dir: str | os.PathLike, *, dataset: str, split: str,
                     checkpoint_hash=checkpoint_hash)
   key = {"dataset": dataset, "split": split, "latent_dim": int(latent_dim),
          "checkpoint_hash": checkpoint_hash}
-  io.remove_stale_temporaries(cache_dir)
+  if devices.is_main_process():  # the one writer; another process may be mid-write now
+    io.remove_stale_temporaries(cache_dir)
   if os.path.exists(path):
     try:
       with np.load(path, allow_pickle=False) as f:

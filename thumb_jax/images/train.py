@@ -279,7 +279,8 @@ def train_and_evaluate(config: Config, workdir: str, *, dataset=None) -> TrainSt
     torch_convert.check_checkpoint_file(config.init_checkpoint, name="config.init_checkpoint")
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  io.remove_stale_temporaries(workdir)  # of JSON writes killed in an earlier run
+  if devices.is_main_process():  # the one writer: JSON writes killed in an earlier run
+    io.remove_stale_temporaries(workdir)
   config_path = os.path.join(workdir, "config.json")
   metrics_path = os.path.join(workdir, "metrics.json")
   manager = ocp.CheckpointManager(
