@@ -140,7 +140,7 @@ def key_digest(key: Mapping[str, Any], *, length: int = 24) -> str:
 
 
 def cached_arrays(path: str | os.PathLike, key: Mapping[str, Any],
-                  compute: Callable[[], Mapping[str, np.ndarray]]
+                  compute: Callable[[], Mapping[str, np.ndarray]], *, writer: bool = True
                   ) -> tuple[dict[str, np.ndarray], bool]:
   """Arrays stored at `path` under exactly `key`, else `compute()` written there atomically.
 
@@ -148,12 +148,16 @@ def cached_arrays(path: str | os.PathLike, key: Mapping[str, Any],
   file written for other inputs is recomputed, never reused. An unreadable file is
   recomputed with a warning; a failed write warns and returns the computed arrays.
 
+  `writer=False` (every process but one, in a multi-process run) reads and computes but
+  neither cleans up nor writes, so it never removes another process's in-flight write.
+
   Returns:
     (arrays, whether they came from the file).
   """
   path = Path(path)
   text = json.dumps(to_jsonable(key), sort_keys=True)
-  remove_stale_temporaries(path.parent)
+  if writer:
+    remove_stale_temporaries(path.parent)
   if path.is_file():
     try:
       with np.load(path, allow_pickle=False) as f:
@@ -162,6 +166,8 @@ def cached_arrays(path: str | os.PathLike, key: Mapping[str, Any],
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
       warnings.warn(f"ignoring unreadable cache {path}: {err}", stacklevel=2)
   arrays = {k: np.asarray(v) for k, v in compute().items()}
+  if not writer:
+    return arrays, False
   try:
     write_npz(path, {"key": np.array(text), **arrays})
   except OSError as err:

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from thumb_jax import devices
 from thumb_jax import io as tj_io
 from thumb_jax.mixture import round_half_up
 
@@ -200,5 +201,5 @@ def cached_decoded(cache_dir: str | os.PathLike | None, key: Mapping[str, Any],
     return dict(compute()), None, False
   key = {"version": _CACHE_VERSION, **key}
   path = Path(cache_dir) / f"{key['dataset']}_{key['image_size']}px_{tj_io.key_digest(key)}.npz"
-  arrays, hit = tj_io.cached_arrays(path, key, compute)
+  arrays, hit = tj_io.cached_arrays(path, key, compute, writer=devices.is_main_process())
   return arrays, (path if hit or path.is_file() else None), hit
