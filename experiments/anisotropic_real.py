@@ -115,6 +115,30 @@ def refit_check(z: np.ndarray, y: np.ndarray, result: retrain.RetrainResult, *, 
   return float(np.max(np.linalg.norm(ours - ref, axis=-1) / np.linalg.norm(ref, axis=-1)))
 
 
+def pool_plug_in(z: np.ndarray, y: np.ndarray, *, shrinkage: float | None = None,
+                 debias_mean: bool = True, project_to_span: bool = True
+                 ) -> tuple[an.CovarianceMixture, an.IsotropicPlugIn, np.ndarray]:
+  """The general-covariance plug-in mixture estimated on a pool, in retrain's coordinates.
+
+  Args:
+    z: [N, d] pool features centred by the pool mean and divided by `feature_scale`.
+    y: [N] labels in {+1, -1}.
+    shrinkage: covariance shrinkage (None: Ledoit-Wolf per class).
+    debias_mean: shrink |dmu_hat|^2 by its sampling bias (`debiased_means`).
+    project_to_span: estimate in the span of the centred pool (`span_basis`).
+
+  Returns:
+    (mixture in the basis's coordinates, float64; its isotropic plug-in (d_eff);
+    basis [d, r]). Runs in the caller's precision (wrap in `jax.enable_x64` for float64).
+  """
+  basis = span_basis(z) if project_to_span else np.eye(z.shape[1])
+  est = an.from_samples(jnp.asarray(z @ basis), y, shrinkage=shrinkage)
+  est = est._replace(**{k: np.asarray(getattr(est, k), np.float64) for k in est._fields[1:]})
+  if debias_mean:
+    est = debiased_means(est, int(np.sum(y > 0)), int(np.sum(y < 0)))
+  return est, an.isotropic_plug_in(as_jnp(est)), basis
+
+
 class Embeddings(NamedTuple):
   """(c): measured and predicted per-class errors (S sizes, R repeats, K weights)."""
   note: str
@@ -158,13 +182,10 @@ def embedding_study(cfg, key: jax.Array) -> Embeddings:
                                                          center=x_pool.mean(0), seed=cfg.seed)
   if scale_check["relative_difference"] > 1e-3 or scale_check["refit_relative_difference"] > 1e-2:
     raise ValueError(f"embeddings: retrain's coordinates are not the theory's: {scale_check}")
-  basis = span_basis(z) if cfg.project_to_span else np.eye(d)
   with jax.enable_x64(cfg.theory_x64), platform.single_threaded_blas():
-    est = an.from_samples(jnp.asarray(z @ basis), y_pool, shrinkage=cfg.shrinkage)
-    est = est._replace(**{k: np.asarray(getattr(est, k), np.float64) for k in est._fields[1:]})
-    if cfg.debias_mean:
-      est = debiased_means(est, int(np.sum(y_pool > 0)), int(np.sum(y_pool < 0)))
-    plug = an.isotropic_plug_in(as_jnp(est))
+    est, plug, basis = pool_plug_in(z, y_pool, shrinkage=cfg.shrinkage,
+                                    debias_mean=cfg.debias_mean,
+                                    project_to_span=cfg.project_to_span)
     ridges = np.full(sizes.shape, ridge)
     general, iso, iso_eff = theory_triplet(est, plug, d=d, n=sizes, weights=weights,
                                            ridge=ridges)
