@@ -1,4 +1,5 @@
-"""Scaling benchmark: the solver sweep and the Gaussian simulation on 1, 2, 4, 8 devices.
+"""Scaling benchmark: the solver sweep, the Gaussian simulation and the retraining sweep on
+1, 2, 4, 8 devices.
 
     python -m experiments.bench_scale --out out/bench_scale [--devices 1,2,4,8] [--quick]
 
@@ -6,7 +7,8 @@ Each device count runs in a fresh process (on CPU, `--xla_force_host_platform_de
 makes virtual devices; on a GPU machine the real devices are used and `--devices` is
 ignored). Timed: `lls.fit_sweep` vmapped over seeds with the seed axis sharded
 (`devices.sharded_vmap`), and `simulate.run_sweep` (the Gaussian studies' engine, seeds
-sharded). Writes results.json (median seconds per call, speed-up and efficiency against
+sharded), and `retrain.run` (the image studies' LLR sweep, repeats sharded; host
+conversions included). Writes results.json (median seconds per call, speed-up and efficiency against
 one device, the platform) and scaling.png.
 """
 
@@ -27,7 +29,7 @@ import json, sys
 import thumb_jax
 import jax, jax.numpy as jnp, numpy as np
 from experiments import report
-from thumb_jax import GaussianMixture, devices, lls, simulate, subsample
+from thumb_jax import GaussianMixture, devices, lls, retrain, simulate, subsample
 
 cfg = json.loads(sys.argv[1])
 seeds, n, d, k = cfg["seeds"], cfg["n"], cfg["d"], cfg["weights"]
@@ -45,10 +47,21 @@ keys = simulate.seed_keys(0, seeds)
 w = np.tile(np.geomspace(1.0, 100.0, k), (3, 1))
 run = lambda keys: simulate.run_sweep(mix, keys, d=d, masks=masks, weights=w, ridges=np.zeros(3))
 gaussian = report.time_calls(run, keys, repeats=cfg["repeats"])
+yp = np.where(np.arange(n) % 10 == 0, 1.0, -1.0)
+xp = np.asarray(x[0]) + 0.3 * yp[:, None]
+sizes = np.unique(np.geomspace(40, n, 6).astype(int))
+llr = lambda: retrain.run(xp, yp, xp, yp, sizes=sizes, weights=np.geomspace(0.1, 1000, k),
+                          num_repeats=seeds, ridge=1e-3)
+retraining = report.time_calls(llr, repeats=cfg["repeats"])
 print("RESULT", json.dumps({**devices.describe(), "solver_s": solver.median_s,
                             "solver_first_s": solver.first_s, "gaussian_s": gaussian.median_s,
-                            "gaussian_first_s": gaussian.first_s}))
+                            "gaussian_first_s": gaussian.first_s,
+                            "retrain_s": retraining.median_s,
+                            "retrain_first_s": retraining.first_s}))
 """
+
+
+NAMES = ("solver", "gaussian", "retrain")
 
 
 def _child(count: int | None, cfg: dict) -> dict:
@@ -84,12 +97,12 @@ def main(argv=None) -> dict:
   rows = [_child(c if on_cpu else None, cfg) for c in (counts if on_cpu else [None])]
   base = rows[0]
   for row in rows:
-    for name in ("solver", "gaussian"):
+    for name in NAMES:
       row[f"{name}_speedup"] = base[f"{name}_s"] / row[f"{name}_s"]
       row[f"{name}_efficiency"] = row[f"{name}_speedup"] / (row["devices"] / base["devices"])
   common.save_results(out / "results.json", config=cfg, results={"rows": rows})
   fig, ax = plt.subplots(figsize=(4.5, 3.2))
-  for name in ("solver", "gaussian"):
+  for name in NAMES:
     ax.plot([r["devices"] for r in rows], [r[f"{name}_speedup"] for r in rows], "o-",
             label=name)
   ax.set_xlabel("devices")
@@ -97,8 +110,8 @@ def main(argv=None) -> dict:
   ax.legend()
   common.save_figure(fig, out / "scaling.png")
   for r in rows:
-    print(f"{r['devices']} devices: solver {r['solver_s']:.3f} s (x{r['solver_speedup']:.2f}), "
-          f"gaussian {r['gaussian_s']:.3f} s (x{r['gaussian_speedup']:.2f})")
+    print(f"{r['devices']} devices: " + ", ".join(
+        f"{name} {r[f'{name}_s']:.3f} s (x{r[f'{name}_speedup']:.2f})" for name in NAMES))
   return {"rows": rows}
 
 

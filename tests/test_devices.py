@@ -112,3 +112,43 @@ def test_sharded_train_step_equals_one_device_step():
   (row,) = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("RESULT")]
   assert int(row[0]) == 4 and int(row[1]) == 4        # 4 devices, parameters on all of them
   assert float(row[2]) < 1e-5 and float(row[3]) < 1e-5
+
+
+_RETRAIN = textwrap.dedent("""
+    import thumb_jax
+    import jax, numpy as np
+    from thumb_jax import retrain
+
+    rng = np.random.default_rng(0)
+    def data(shift):
+      y = np.where(np.arange(120) % 6 == 0, 1.0, -1.0)
+      x = rng.normal(size=(120, 10)) + shift * y[:, None]
+      return x[:80], y[:80], x[80:], y[80:]
+    kw = dict(sizes=[24, 48, 80], weights=np.geomspace(0.5, 50, 6), num_repeats=5, ridge=1e-2)
+    first = data(0.6)
+    one = retrain.run(*first, shard=False, **kw)
+    many = retrain.run(*first, **kw)                         # 4 devices: sharded by default
+    retrain.run(*data(0.9), **kw)                            # new data, same shapes
+    leaves = lambda r: [np.asarray(a, np.float64) for a in jax.tree.leaves(r)]
+    # NaN where a method makes no prediction, in both; compared as equal.
+    diff = max(float(np.max(np.abs(np.nan_to_num(a - b)), initial=0.0))
+               + float(np.any(np.isnan(a) != np.isnan(b)))
+               for a, b in zip(leaves(one), leaves(many)))
+    shapes = all(a.shape == b.shape for a, b in zip(leaves(one), leaves(many)))
+    print("RESULT", jax.device_count(), diff, shapes, retrain._run_sharded_jit._cache_size(),
+          many.errors.err_plus.shape[1])
+""")
+
+
+def test_sharded_retraining_sweep_equals_one_device_sweep():
+  """retrain.run with the repeats split over 4 devices (5 repeats: padded, padding dropped)."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  done = subprocess.run([sys.executable, "-c", _RETRAIN], env=env, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  (row,) = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("RESULT")]
+  assert int(row[0]) == 4
+  assert float(row[1]) < 1e-4 and row[2] == "True"
+  assert int(row[3]) == 1                            # new data: no recompilation
+  assert int(row[4]) == 5

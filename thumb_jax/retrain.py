@@ -42,8 +42,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
-from thumb_jax import _checks, lls, mixture, platform, plug_in, subsample, theory
+from thumb_jax import _checks, devices, lls, mixture, platform, plug_in, subsample, theory
 from thumb_jax.metrics import ClassErrors, empirical_class_errors
 from thumb_jax.subsample import Subsamples, size_counts, subsample_masks
 
@@ -339,14 +340,50 @@ def _run(x_pool, y_pool, x_test, y_test, key, count_plus, count_minus, weights, 
                row_buffers=row_buffers)
 
 
-# Jitted at its only use site: one compile per (shapes, static arguments) per process.
+def _run_sharded(x_pool, y_pool, x_test, y_test, key, count_plus, count_minus, weights, *,
+                 num_repeats, ridge, objective, dimension, batch_size, row_buffers):
+  """`_run` with the R repeats sharded over every device of `devices.mesh()`.
+
+  Every subsample is fitted and scored on its own (the pool plug-in, the only quantity
+  shared by the repeats, is computed from replicated data on each device), so each device
+  runs `sweep` on its slice of the masks [S, R / devices, N] with no change to the math.
+  R is padded to a device multiple by repeating the last repeat; the padding is dropped.
+  """
+  the_mesh = devices.mesh()
+  masks = subsample_masks(key, y_pool, count_plus, count_minus, num_repeats=num_repeats,
+                          dtype=x_pool.dtype)
+  take = jnp.minimum(jnp.arange(devices.padded_size(num_repeats, the_mesh.devices.size)),
+                     num_repeats - 1)
+  same, split = P(), P(None, devices.BATCH)
+
+  def local(x, y, xt, yt, mask, down, cp, cm, w):
+    return sweep(x, y, xt, yt, Subsamples(mask, down, cp, cm), w, ridge=ridge,
+                 objective=objective, dimension=dimension, batch_size=batch_size,
+                 row_buffers=row_buffers)
+
+  # check_vma=False: the pool plug-in's optimum (in `theory`) is found in one vectorized
+  # search together with the subsamples' weights, so JAX types it as varying over devices;
+  # it is computed from replicated data only, and its copies are equal (the test compares).
+  result = jax.shard_map(
+      local, mesh=the_mesh, in_specs=(same,) * 4 + (split,) * 2 + (same,) * 3,
+      out_specs=RetrainResult(same, same, same, same, split, split, split, same, same, same),
+      check_vma=False,
+  )(x_pool, y_pool, x_test, y_test, masks.mask[:, take], masks.downsample[:, take],
+    masks.count_plus, masks.count_minus, weights)
+  drop = lambda tree: jax.tree.map(lambda a: a[:, :num_repeats], tree)
+  return result._replace(errors=drop(result.errors), layers=drop(result.layers),
+                         methods=drop(result.methods))
+
+
+# Jitted at their only use site: one compile per (shapes, static arguments) per process.
 _run_jit = jax.jit(_run, static_argnames=("num_repeats",) + STATIC)
+_run_sharded_jit = jax.jit(_run_sharded, static_argnames=("num_repeats",) + STATIC)
 
 
 def run(x_pool, y_pool, x_test, y_test, *, sizes: Sequence[int], weights=None,
         num_repeats: int = 10, seed: int = 0, ridge: float | None = None,
         objective: str = "worst", dimension: str = "ambient",
-        batch_size: int = 8) -> RetrainResult:
+        batch_size: int = 8, shard: bool | None = None) -> RetrainResult:
   """`sweep` from host arrays: validates, builds the masks, one jitted call, NumPy results.
 
   Args:
@@ -358,6 +395,8 @@ def run(x_pool, y_pool, x_test, y_test, *, sizes: Sequence[int], weights=None,
     seed: root seed of the subsamples.
     ridge: None picks `default_ridge(sizes, d)`; else finite >= 0.
     objective, dimension, batch_size: see `sweep`.
+    shard: split the repeats over every device of `devices.mesh()` (same numbers, see
+      `_run_sharded`); None: when there is more than one device.
 
   Returns:
     RetrainResult of NumPy arrays (layer weights w in float64, raw feature units).
@@ -399,12 +438,17 @@ def run(x_pool, y_pool, x_test, y_test, *, sizes: Sequence[int], weights=None,
   # first (exact) keeps that float32 computation from overflowing or underflowing.
   prescale = lls.host_scale(x_pool - x_pool.mean(axis=0))
   dtype = jnp.result_type(float)
+  if shard is None:
+    shard = jax.device_count() > 1
+  args = (np.asarray(x_pool / prescale, dtype), np.asarray(y_pool, dtype),
+          np.asarray(x_test / prescale, dtype), np.asarray(y_test, dtype),
+          jax.random.key(seed), np.asarray(count_plus), np.asarray(count_minus),
+          np.asarray(weights, dtype))
+  # Sharded: every input on every device (across processes each holds the same host data).
+  args = devices.replicate(args) if shard else jax.tree.map(jnp.asarray, args)
   with platform.single_threaded_blas():
-    result = _run_jit(
-        jnp.asarray(x_pool / prescale, dtype), jnp.asarray(y_pool, dtype),
-        jnp.asarray(x_test / prescale, dtype), jnp.asarray(y_test, dtype),
-        jax.random.key(seed), jnp.asarray(count_plus), jnp.asarray(count_minus),
-        jnp.asarray(weights, dtype), num_repeats=int(num_repeats), ridge=ridge,
+    result = (_run_sharded_jit if shard else _run_jit)(
+        *args, num_repeats=int(num_repeats), ridge=ridge,
         objective=objective, dimension=dimension, batch_size=int(batch_size),
         row_buffers=subsample.buffer_lengths(count_plus, count_minus, x_pool.shape[0]))
     result = jax.tree.map(np.asarray, result)
