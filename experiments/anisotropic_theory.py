@@ -7,6 +7,7 @@ isotropic plug-in's theory at delta = d / n and at delta_eff = d_eff / n on a gr
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from thumb_jax import anisotropic as an
-from thumb_jax import theory
+from thumb_jax import devices, theory
 from thumb_jax.metrics import ClassErrors
 
 # Weight choices of the shortcut study and plug-ins of the embedding study.
@@ -76,11 +77,21 @@ def dense_points(mixture, n, weight, ridge):
                      (n, weight, ridge))
 
 
+@functools.cache
+def sharded_fast_points():
+  """`fast_points` with the points sharded over every device (`devices.sharded_vmap`);
+  built on first use, after `devices.initialize` may have run."""
+  return devices.sharded_vmap(
+      lambda form, n, w, r: an.class_errors(form, n=n, weight=w, ridge=r),
+      in_axes=(None, 0, 0, 0))
+
+
 def general_errors(mixture: an.CovarianceMixture, n, weight, ridge) -> an.GeneralErrors:
   """The general theory at points (n, weight, ridge), each [P] (broadcast), fast where exact.
 
   `prepare` once; points it covers exactly (all of them if the covariances commute, else
-  those with ridge 0) go through the vmapped O(d) path, the rest through the dense path.
+  those with ridge 0) go through the vmapped O(d) path (sharded over the devices when
+  there are several), the rest through the dense path.
 
   Returns:
     GeneralErrors of float64 NumPy arrays [P].
@@ -91,7 +102,9 @@ def general_errors(mixture: an.CovarianceMixture, n, weight, ridge) -> an.Genera
   form = jax.jit(an.prepare)(mixture)
   fast = np.ones(n.shape, bool) if bool(form.ridge_exact) else ridge == 0
   out = [np.full(n.shape, np.nan) for _ in an.GeneralErrors._fields]
-  for select, fn, spec in ((fast, fast_points, form), (~fast, dense_points, mixture)):
+  # With several devices the fast points are sharded over them (same numbers per point).
+  fast_fn = sharded_fast_points() if jax.device_count() > 1 else fast_points
+  for select, fn, spec in ((fast, fast_fn, form), (~fast, dense_points, mixture)):
     if np.any(select):
       got = fn(spec, *(jnp.asarray(v[select], dtype) for v in (n, weight, ridge)))
       for buf, value in zip(out, got):

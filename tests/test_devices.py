@@ -152,3 +152,40 @@ def test_sharded_retraining_sweep_equals_one_device_sweep():
   assert float(row[1]) < 1e-4 and row[2] == "True"
   assert int(row[3]) == 1                            # new data: no recompilation
   assert int(row[4]) == 5
+
+
+_THEORY_POINTS = textwrap.dedent("""
+    import thumb_jax
+    import jax, jax.numpy as jnp, numpy as np
+    from experiments import anisotropic_theory as at
+    from thumb_jax import anisotropic as an
+
+    d = 16
+    eig = np.geomspace(1.0, 0.05, d)
+    mix = an.CovarianceMixture(pi_plus=0.1, mean_plus=np.full(d, 0.4), mean_minus=-np.full(d, 0.2),
+                               cov_plus=np.diag(eig), cov_minus=np.diag(eig[::-1]))
+    n = np.repeat([40.0, 80.0, 160.0], 7)                      # 21 points: padded on 4 devices
+    w = np.tile(np.geomspace(1.0, 30.0, 7), 3)
+    r = np.full(21, 1e-2)
+    got = at.general_errors(mix, n, w, r)                      # sharded (4 devices)
+    form = jax.jit(an.prepare)(at.as_jnp(mix))
+    want = at.fast_points(form, *(jnp.asarray(v, jnp.float32) for v in (n, w, r)))
+    diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+               zip((got.err_plus, got.err_minus), (want.err_plus, want.err_minus)))
+    at.general_errors(mix, n * 2, w, r)                        # new points, same shapes
+    print("RESULT", jax.device_count(), diff, got.err_plus.shape[0],
+          at.sharded_fast_points().run._cache_size())
+""")
+
+
+def test_sharded_theory_points_equal_one_device_points():
+  """The general theory's fast points sharded over 4 devices (21 points: padded)."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  done = subprocess.run([sys.executable, "-c", _THEORY_POINTS], env=env, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  (row,) = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("RESULT")]
+  assert int(row[0]) == 4 and int(row[2]) == 21
+  assert float(row[1]) < 1e-5
+  assert int(row[3]) == 1                            # new points: no recompilation
