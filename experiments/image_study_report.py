@@ -23,6 +23,7 @@ over those points; the SD across backbones at fixed (width, n) is the noise floo
 from __future__ import annotations
 
 import numpy as np
+from matplotlib import ticker
 
 from experiments.report import plt
 from thumb_jax import metrics
@@ -274,6 +275,7 @@ def plot_errors(preset: str, widths: dict[int, dict], title: str):
                 alpha=0.6, label="general plug-in predicted err-")
     for ax in (top, bottom):
       ax.set_xscale("log")
+      ax.xaxis.set_minor_formatter(ticker.NullFormatter())
       ax.grid(alpha=0.3, which="both")
       ax.set_xlabel(r"$\delta = d / n$")
     b = len(s["backbone_seeds"])
@@ -309,6 +311,7 @@ def plot_weights(preset: str, widths: dict[int, dict], collapse_: dict, title: s
                          (axes[1], "delta_eff", r"$\delta_{eff} = d_{eff} / n$")):
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel(label)
     ax.grid(alpha=0.3, which="both")
     ax.set_title(f"SD of log10 best weight across widths at matched {key}: "
