@@ -2,7 +2,7 @@
 
     python -m experiments.image_study --dataset cifar10 \
         --data_dir ../shared/data/cifar10_airplane_truck.npz \
-        --workdir runs/cifar10 --out out/image_study/cifar10 [--set latent=128,256,512]
+        --workdir runs/cifar10 --out out/image_study/cifar10 [--set other_width_seeds=1]
 
 For each latent width d (the head's embedding width, how the paper varies the model size)
 and backbone seed, the stages are:
@@ -67,7 +67,7 @@ class Config:
   backbone: str = "cpu"               # configs.cpu / paper / tiny
   latent: tuple[int, ...] = (128, 256, 512)
   seeds: tuple[int, ...] = (0, 1, 2)  # backbone seeds at the first width
-  other_width_seeds: int = 1          # widths after the first train seeds[:this]
+  other_width_seeds: int = 3          # widths after the first train seeds[:this]
   presets: tuple[str, ...] = ()       # () = every preset of the dataset
   split_seed: int = 0                 # the data split, shared by every backbone
   epochs: int | None = None           # None: the backbone config's
@@ -90,7 +90,7 @@ def config() -> Config:
 
 def quick(cfg: Config) -> Config:
   return dataclasses.replace(cfg, backbone="tiny", latent=(16, 32), seeds=(0, 1),
-                             num_sizes=3, num_repeats=3, num_weights=8)
+                             other_width_seeds=1, num_sizes=3, num_repeats=3, num_weights=8)
 
 
 def check_config(cfg: Config) -> None:
