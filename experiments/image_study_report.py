@@ -123,6 +123,11 @@ def summarize_width(group: list[dict]) -> dict:
   pred = np.asarray(pred, float)                                                   # [B, 2, S]
   out["general_predicted"] = {"err_plus": pred[:, 0].mean(0), "err_minus": pred[:, 1].mean(0),
                               "worst": np.max(pred, axis=1).mean(0)}
+  # How far the prediction is from what its weight measured (per backbone, per class).
+  measured = np.stack([[np.mean(c["methods"]["theory_general"]["err_plus"], 1),
+                        np.mean(c["methods"]["theory_general"]["err_minus"], 1)]
+                       for c in group])                                              # [B, 2, S]
+  out["general_prediction_mean_abs_error"] = float(np.nanmean(np.abs(pred - measured)))
   return out
 
 
@@ -166,7 +171,9 @@ def collapse(widths: dict[int, dict]) -> dict:
          "rms_log10_general_minus_best": rms(dist_general),
          "rms_log10_participation_minus_best": rms(dist_partic),
          "between_backbones_sd_log10_best": (float(np.mean(np.concatenate(noise)))
-                                             if noise else float("nan"))}
+                                             if noise else float("nan")),
+         "general_prediction_mean_abs_error": float(np.mean(
+             [s["general_prediction_mean_abs_error"] for s in widths.values()]))}
   return out
 
 
@@ -332,4 +339,6 @@ def collapse_text(preset: str, c: dict) -> str:
           f"{e['overlap'][0]:.3g}...{e['overlap'][1]:.3g}); noise floor (SD across backbones at"
           f" one width and n) {c['between_backbones_sd_log10_best']:.3f}; RMS log10 distance to "
           f"the best weight: general plug-in {c['rms_log10_general_minus_best']:.3f}, "
-          f"theory d_eff/n {c['rms_log10_participation_minus_best']:.3f}")
+          f"theory d_eff/n {c['rms_log10_participation_minus_best']:.3f}; general plug-in's "
+          f"predicted per-class errors at its weight vs measured: mean abs. error "
+          f"{c['general_prediction_mean_abs_error']:.3f}")
