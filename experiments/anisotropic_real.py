@@ -19,9 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.anisotropic_theory import PLUG_INS, as_jnp, theory_triplet
-from thumb_jax import anisotropic as an
+from experiments.anisotropic_theory import PLUG_INS, theory_triplet
 from thumb_jax import embedding_files, lls, platform, retrain
+
+# The pool plug-in lives in the library (recommend's model="general" uses it); re-exported.
+from thumb_jax.general_plug_in import debiased_means, pool_plug_in, span_basis  # noqa: F401
 from thumb_jax.metrics import ClassErrors
 
 # Compiled once per shape (static: the ridge picks lls's Cholesky path, as in retrain).
@@ -59,35 +61,6 @@ def feature_scale(x: np.ndarray) -> float:
   return float(np.sqrt(np.sum(np.var(x, axis=0)) / x.shape[1]))
 
 
-def span_basis(x: np.ndarray, *, rtol: float = 1e-5) -> np.ndarray:
-  """Orthonormal basis [d, r] of the span of the centred rows of x (singular values > rtol * max).
-
-  A fitted layer lies in this span (the data have no component outside it, and the ridge or
-  the minimum-norm solution sets w to zero there), so the theory for that layer is the
-  theory of the projected features: dead coordinates (ReLU embeddings often have many)
-  then add no spurious noise dimensions through the shrinkage target.
-  """
-  xc = x - x.mean(0)
-  _, sv, vt = np.linalg.svd(xc, full_matrices=False)
-  return vt[sv > rtol * sv[0]].T
-
-
-def debiased_means(mixture: an.CovarianceMixture, count_plus: int,
-                   count_minus: int) -> an.CovarianceMixture:
-  """Shrinks the estimated mean difference towards the midpoint by its sampling bias.
-
-  E |dmu_hat|^2 = |dmu|^2 + tr Sigma_+ / n_+ + tr Sigma_- / n_-, so dmu_hat is rescaled to
-  squared length |dmu_hat|^2 - bias (at least 1% of it), direction kept. Only dmu enters
-  the theory (the intercept absorbs a common shift of the means).
-  """
-  mean_p, mean_m = np.asarray(mixture.mean_plus), np.asarray(mixture.mean_minus)
-  dmu, mid = mean_p - mean_m, 0.5 * (mean_p + mean_m)
-  bias = (np.trace(np.asarray(mixture.cov_plus)) / count_plus
-          + np.trace(np.asarray(mixture.cov_minus)) / count_minus)
-  factor = np.sqrt(max(1.0 - bias / (dmu @ dmu), 0.01))
-  return mixture._replace(mean_plus=mid + factor * dmu / 2, mean_minus=mid - factor * dmu / 2)
-
-
 def refit_check(z: np.ndarray, y: np.ndarray, result: retrain.RetrainResult, *, scale: float,
                 center: np.ndarray, seed: int) -> float:
   """Refits retrain's first subsample (largest n, repeat 0) with `lls.fit_sweep` on z.
@@ -113,30 +86,6 @@ def refit_check(z: np.ndarray, y: np.ndarray, result: retrain.RetrainResult, *, 
   ref = np.concatenate([np.asarray(result.layers.w[0, 0], np.float64),
                         np.asarray(result.layers.b[0, 0], np.float64)[:, None]], axis=1)
   return float(np.max(np.linalg.norm(ours - ref, axis=-1) / np.linalg.norm(ref, axis=-1)))
-
-
-def pool_plug_in(z: np.ndarray, y: np.ndarray, *, shrinkage: float | None = None,
-                 debias_mean: bool = True, project_to_span: bool = True
-                 ) -> tuple[an.CovarianceMixture, an.IsotropicPlugIn, np.ndarray]:
-  """The general-covariance plug-in mixture estimated on a pool, in retrain's coordinates.
-
-  Args:
-    z: [N, d] pool features centred by the pool mean and divided by `feature_scale`.
-    y: [N] labels in {+1, -1}.
-    shrinkage: covariance shrinkage (None: Ledoit-Wolf per class).
-    debias_mean: shrink |dmu_hat|^2 by its sampling bias (`debiased_means`).
-    project_to_span: estimate in the span of the centred pool (`span_basis`).
-
-  Returns:
-    (mixture in the basis's coordinates, float64; its isotropic plug-in (d_eff);
-    basis [d, r]). Runs in the caller's precision (wrap in `jax.enable_x64` for float64).
-  """
-  basis = span_basis(z) if project_to_span else np.eye(z.shape[1])
-  est = an.from_samples(jnp.asarray(z @ basis), y, shrinkage=shrinkage)
-  est = est._replace(**{k: np.asarray(getattr(est, k), np.float64) for k in est._fields[1:]})
-  if debias_mean:
-    est = debiased_means(est, int(np.sum(y > 0)), int(np.sum(y < 0)))
-  return est, an.isotropic_plug_in(as_jnp(est)), basis
 
 
 class Embeddings(NamedTuple):

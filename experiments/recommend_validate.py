@@ -1,11 +1,14 @@
 """Does the theory-guided weight (thumb_jax.recommend) pick a good class weight?
 
-    python -m experiments.recommend_validate --out out/recommend [--quick] [--embeddings DIR] \\
-        [--set num_seeds=40]
+    python -m experiments.recommend_validate --out out/recommend [--quick] \\
+        [--embeddings DIR[,DIR...]] [--set num_seeds=40]
 
 Compares, on the same retraining sets, the per-class test errors (worst-class and
 balanced, mean and 95% t-interval over repeats) and the wall time of:
 
+  theory_general  recommend_weight(model="general") at the fixed ridge (weighting)
+  theory_joint    recommend_weight(model="general", ridge="auto"): weight, ridge and weighting
+                  or downsampling chosen by the predicted objective
   theory          recommend_weight, d_eff = participation ratio (the default)
   theory_ambient  recommend_weight, d_eff = the feature width
   theory_erank    recommend_weight, d_eff = entropy effective rank
@@ -20,6 +23,8 @@ balanced, mean and 95% t-interval over repeats) and the wall time of:
   sklearn_same_ridge  the same at alpha = ridge * n^2 / (2 n_-): the effective ridge `ridge`
   cv              stratified k-fold cross-validation of the weight over the grid
                   (lls.fit_sweep, one factorization per fold), then a refit on all n
+  cv_ridge        the same over weight grid x ridge grid (recommend.RIDGE_GRID x the pool's
+                  mean within-class variance), then a refit on all n at the chosen pair
   downsample      drop majority rows to balance, weight 1
 
 Cases:
@@ -29,13 +34,16 @@ Cases:
                (the two cases are equally hard for a ridgeless fit, which is affine invariant).
                The isotropic plug-in sees |dmu|^2 and an energy-weighted noise level instead:
                this is where it loses.
-  embeddings   (with --embeddings DIR) retraining subsamples from a validation pool of real
-               embeddings, empirical per-class errors on the test split; see
+  embeddings   (with --embeddings DIR, or several DIR,DIR: one case each, named after the
+               folder) retraining subsamples from a validation pool of real embeddings,
+               empirical per-class errors on the test split; see
                `thumb_jax.embedding_files.load_embedding_splits`.
 
 Gaussian errors are exact (metrics.gaussian_class_errors, no test sampling). Every repeat is
 one fresh pool of the largest n; the sizes are nested 0/1 masks of it, and the whole
-comparison for all repeats and sizes is one jit(lax.map over repeats (lax.map over sizes)).
+comparison for all repeats and sizes is one jit(lax.map over repeats (lax.map over sizes)),
+except scikit-learn and the GENERAL methods, which run on the host, one call per retraining
+set, as a user would call them.
 Times are single calls on one retraining set after compilation (median of a few).
 Writes results.json (config, platform, all numbers), results.csv, one figure per case and
 timing.png, and prints a summary table.
@@ -49,6 +57,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import jax
@@ -59,18 +68,20 @@ from experiments import common
 from experiments import recommend_validate_report as report
 from experiments.recommend_validate_methods import (
   FIXED,
+  GENERAL,
   METHOD_NOTES,
   METHODS,
   SKLEARN,
   THEORY,
   PoolOutput,
   fold_ids,
+  general_layers,
   pool_outputs,
   sklearn_layer,
   time_methods,
 )
 from experiments.report import interval_dict
-from thumb_jax import embedding_files, lls, metrics, simulate, subsample
+from thumb_jax import embedding_files, lls, metrics, recommend, simulate, subsample
 from thumb_jax import mixture as mixture_lib
 from thumb_jax.metrics import ClassErrors
 
@@ -91,7 +102,7 @@ class Config:
   folds: int = 5
   timing_repeats: int = 3        # 0: skip the timings (time_s NaN)
   cases: tuple[str, ...] = ("isotropic", "anisotropic")
-  embeddings: str = ""           # folder of {split}.npz (or --embeddings DIR)
+  embeddings: str = ""           # folder(s) of {split}.npz, comma-separated (or --embeddings)
   embedding_pi_plus: float = 0.0  # minority share of the embedding subsamples; 0: the pool's
 
 
@@ -118,6 +129,7 @@ class Case(NamedTuple):
   eval_data: tuple               # arrays `errors` needs (passed through jit as arguments)
   ridge: float
   note: str
+  variance: float = 1.0          # the ridge's unit (mean within-class variance of the pool)
 
 
 def gaussian_case(cfg: Config, name: str) -> Case:
@@ -164,7 +176,7 @@ def _empirical_errors(layer: lls.LastLayer, data) -> ClassErrors:
   return metrics.empirical_class_errors(lls.scores(layer, x_test), y_test)
 
 
-def embedding_case(cfg: Config, directory: str) -> tuple[Case, float]:
+def embedding_case(cfg: Config, directory: str, name: str = "embeddings") -> tuple[Case, float]:
   """Retraining subsamples from the val pool, empirical errors on the test split.
 
   Returns:
@@ -199,8 +211,8 @@ def embedding_case(cfg: Config, directory: str) -> tuple[Case, float]:
   note = (f"val pool {x_val.shape[0]} (+1 = {data.labels.plus!r}, share {pool_pi:.3f}), "
           f"test {x_test.shape[0]}, d = {d}, subsample minority share {pi:.3f}, "
           f"ridge = {cfg.ridge:g} x mean variance {scale:.3g}")
-  case = Case("embeddings", d, np.array(sorted(set(sizes), reverse=True)), y_pool, None,
-              x_val - centre, _empirical_errors, (xt, yt), cfg.ridge * scale, note)
+  case = Case(name, d, np.array(sorted(set(sizes), reverse=True)), y_pool, None,
+              x_val - centre, _empirical_errors, (xt, yt), cfg.ridge * scale, note, scale)
   return case, pi
 
 
@@ -215,11 +227,11 @@ def random_masks(rng: np.random.Generator, y: np.ndarray, sizes, pi_plus: float)
   return out
 
 
-def run_case(case: Case, cfg: Config, pi_plus: float) -> dict:
+def run_case(case: Case, cfg: Config, pi_plus: float, case_index: int = 0) -> dict:
   dtype = jnp.result_type(float)
   grid = jnp.asarray(np.logspace(*cfg.grid_log10, cfg.grid_size), dtype)
   y = case.pool_labels
-  case_index = ("isotropic", "anisotropic", "embeddings").index(case.name)
+  ridges = jnp.asarray(np.asarray(recommend.RIDGE_GRID) * case.variance, dtype)
   keys = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), case_index),
                           cfg.num_seeds)
   rng = np.random.default_rng(cfg.seed)
@@ -238,7 +250,7 @@ def run_case(case: Case, cfg: Config, pi_plus: float) -> dict:
   masks_s, down_s, folds_s = stack(0).astype(dtype), stack(1).astype(dtype), stack(2)
   yj = jnp.asarray(y, dtype)
   one = functools.partial(pool_outputs, grid=grid, ridge=case.ridge, objective=cfg.objective,
-                          folds=cfg.folds, errors_fn=case.errors)
+                          folds=cfg.folds, errors_fn=case.errors, ridges=ridges)
 
   if case.draw is not None:
     def run(keys, masks, down, fold_rows, pool, eval_data):
@@ -272,6 +284,17 @@ def run_case(case: Case, cfg: Config, pi_plus: float) -> dict:
         e = errors_jit(layer, case.eval_data)
         plus[s, k], minus[s, k] = float(e.err_plus), float(e.err_minus)
 
+  # recommend_weight(model="general"), one call per retraining set (host loop).
+  general = {name: [[None] * shape[1] for _ in range(shape[0])] for name in GENERAL}
+  for s in range(cfg.num_seeds):
+    x = np.asarray(case.draw(keys[s])) if case.draw is not None else case.pool
+    masks, downs = (per_seed[0][:2] if case.draw is not None else per_seed[s][:2])
+    for k, mask in enumerate(masks):
+      got = general_layers(x, y, mask, downs[k], case.eval_data, ridge=case.ridge,
+                           objective=cfg.objective, errors_fn=case.errors)
+      for name, result in got.items():
+        general[name][s][k] = result
+
   # Timings on repeat 0, each size.
   x0 = np.asarray(case.draw(keys[0])) if case.draw is not None else case.pool
   masks0 = per_seed[0][0]
@@ -282,18 +305,19 @@ def run_case(case: Case, cfg: Config, pi_plus: float) -> dict:
       timings.append(dict.fromkeys(METHODS, float("nan")))
       continue
     timings.append(time_methods(x0[rows], y[rows], ridge=case.ridge, cfg=cfg, grid=grid,
-                                errors_fn=case.errors, eval_data=case.eval_data))
+                                errors_fn=case.errors, eval_data=case.eval_data, ridges=ridges))
   sk = {name: ClassErrors(*errors) for name, errors in sk.items()}
-  return method_intervals(case, cfg, out, sk, timings, np.asarray(grid), sweep_seconds)
+  return method_intervals(case, cfg, out, sk, timings, np.asarray(grid), sweep_seconds, general)
 
 
 def method_intervals(case: Case, cfg: Config, out: PoolOutput, sk: dict, timings, grid,
-                     sweep_seconds) -> dict:
+                     sweep_seconds, general: dict | None = None) -> dict:
   """Per method and size: worst-class and balanced error (mean, 95% interval over repeats),
   excess over the oracle, chosen weights (median, quartiles), time per call.
 
   Args:
     sk: {sklearn method name: ClassErrors [S, K]} measured on the host.
+    general: {GENERAL method name: [S][K] GeneralResult} measured on the host.
   """
   g = grid.shape[0]
   errs = ClassErrors(out.errors.err_plus, out.errors.err_minus)        # [S, K, M]
@@ -302,6 +326,20 @@ def method_intervals(case: Case, cfg: Config, out: PoolOutput, sk: dict, timings
   for i, name in enumerate(FIXED):
     per[name] = (worst[..., g + i], balanced[..., g + i], out.weights[..., i])
   per["downsample"] = (worst[..., -1], balanced[..., -1], np.ones(worst.shape[:2]))
+  per["cv_ridge"] = (worst[..., -2], balanced[..., -2], out.weights[..., len(FIXED)])
+  extra = {"cv_ridge": {"ridge_median": np.median(out.cv_ridge, axis=0)}}
+  for name, table in (general or {}).items():
+    res = np.array([[(r.errors.err_plus, r.errors.err_minus, r.weight, r.ridge,
+                      float(r.downsample), r.predicted_worst, float(r.fallback))
+                     for r in row] for row in table])                          # [S, K, 7]
+    per[name] = (np.maximum(res[..., 0], res[..., 1]), 0.5 * (res[..., 0] + res[..., 1]),
+                 np.where(res[..., 4] > 0, np.nan, res[..., 2]))
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)                  # all-NaN columns
+      extra[name] = {"ridge_median": np.median(res[..., 3], axis=0),
+                     "downsample_fraction": np.mean(res[..., 4], axis=0),
+                     "predicted_worst_mean": np.nanmean(res[..., 5], axis=0),
+                     "fallback_fraction": np.mean(res[..., 6], axis=0)}
   best = np.argmin(worst[..., :g], axis=-1)
   per["oracle"] = (np.min(worst[..., :g], -1), np.min(balanced[..., :g], -1), grid[best])
   for name, e in sk.items():
@@ -310,6 +348,8 @@ def method_intervals(case: Case, cfg: Config, out: PoolOutput, sk: dict, timings
   ratio = (1 - np.mean(case.pool_labels > 0)) / np.mean(case.pool_labels > 0)
   methods = {}
   for name in METHODS:
+    if name not in per:
+      continue
     w, b, weight = per[name]
     ci_w, ci_b = metrics.mean_ci(w), metrics.mean_ci(b)
     excess = metrics.mean_ci(w - per["oracle"][0])
@@ -324,6 +364,8 @@ def method_intervals(case: Case, cfg: Config, out: PoolOutput, sk: dict, timings
         "weight_q75": np.nanpercentile(weight, 75, axis=0) if not np.all(np.isnan(weight))
                       else np.full(weight.shape[1], np.nan),
         "time_s": [t[name] for t in timings],
+        "paired_worst": w,                       # [S, K], for paired comparisons
+        **extra.get(name, {}),
     }
   for j, name in enumerate(THEORY):
     pred = np.maximum(out.predicted.err_plus[..., j], out.predicted.err_minus[..., j])
@@ -334,6 +376,7 @@ def method_intervals(case: Case, cfg: Config, out: PoolOutput, sk: dict, timings
     methods[name]["d_eff_mean"] = np.mean(out.d_eff[..., j], axis=0)
     methods[name]["fallback_fraction"] = np.mean(out.fallback[..., j], axis=0)
   return {"name": case.name, "note": case.note, "d": case.d, "sizes": case.sizes,
+          "ridge_grid": np.asarray(recommend.RIDGE_GRID) * case.variance,
           "deltas": case.d / case.sizes, "ridge": case.ridge, "prior_ratio_pool": ratio,
           "num_seeds": cfg.num_seeds, "sweep_seconds": sweep_seconds, "methods": methods}
 
@@ -349,13 +392,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
   for name in cfg.cases:
     if name not in ("isotropic", "anisotropic"):
       raise ValueError(f"cases: expected isotropic / anisotropic, got {name!r}")
-    results[name] = run_case(gaussian_case(cfg, name), cfg, cfg.pi_plus)
-  if cfg.embeddings:
-    case, pi = embedding_case(cfg, cfg.embeddings)
-    results["embeddings"] = run_case(case, cfg, pi)
+    results[name] = run_case(gaussian_case(cfg, name), cfg, cfg.pi_plus,
+                             ("isotropic", "anisotropic").index(name))
+  folders = [f for f in cfg.embeddings.split(",") if f]
+  for i, folder in enumerate(folders):
+    name = "embeddings" if len(folders) == 1 else f"emb_{Path(folder.rstrip('/')).name}"
+    case, pi = embedding_case(cfg, folder, name)
+    results[name] = run_case(case, cfg, pi, 2 + i)
   for name, r in results.items():
     report.plot_case(r, out / f"{name}.png")
-    print(report.table(r))
+    print(report.table(r), flush=True)
+  print(report.target_summary(results))
   report.plot_timing(results, out / "timing.png")
   common.write_csv(out / "results.csv", report.csv_rows(results))
   common.save_results(out / "results.json", config=cfg, method_notes=METHOD_NOTES,

@@ -7,10 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from experiments import common
-from experiments.recommend_validate_methods import THEORY
+from experiments.recommend_validate_methods import GENERAL, THEORY
 from experiments.report import plt
+from thumb_jax import metrics
 
-STYLE = {"theory": ("C0", "-", "o"), "theory_ambient": ("C0", "--", "s"),
+STYLE = {"theory_general": ("C5", "-", "p"), "theory_joint": ("C6", "-", "X"),
+         "cv_ridge": ("C3", "--", "P"),
+         "theory": ("C0", "-", "o"), "theory_ambient": ("C0", "--", "s"),
          "theory_erank": ("C0", ":", "^"), "theory_whitened": ("C9", "-", "h"),
          "oracle": ("k", "-", None),
          "priors": ("C1", "-", "v"), "unweighted": ("C7", "-", "x"),
@@ -91,6 +94,18 @@ def table(result: dict) -> str:
       mean, half = m["worst"]["mean"][k], m["worst"]["mean"][k] - m["worst"]["low"][k]
       cells.append(f"{mean:.3f}+-{half:.3f} [{1e3 * m['time_s'][k]:6.1f}]")
     lines.append(f"{name:<15}" + "".join(f"{c:>22}" for c in cells))
+  for name in GENERAL:
+    m = result["methods"].get(name)
+    if m is None:
+      continue
+    lines.append(f"{name}: predicted worst-class error " + " ".join(
+        f"{v:.3f}" for v in m["predicted_worst_mean"]) + " (realized above); median ridge "
+        + " ".join(f"{v:.3g}" for v in m["ridge_median"]) + "; downsampling chosen "
+        + " ".join(f"{v:.2f}" for v in m["downsample_fraction"]) + "; fallback to priors "
+        + " ".join(f"{v:.2f}" for v in m["fallback_fraction"]))
+  if "cv_ridge" in result["methods"]:
+    lines.append("cv_ridge: median ridge " + " ".join(
+        f"{v:.3g}" for v in result["methods"]["cv_ridge"]["ridge_median"]))
   for name in THEORY:
     m = result["methods"][name]
     lines.append(f"{name}: predicted worst-class error " + " ".join(
@@ -101,4 +116,59 @@ def table(result: dict) -> str:
       f"delta {d:.2f}: " + "/".join(f"{result['methods'][n]['balanced']['mean'][k]:.3f}"
                                     for n in ("theory", "cv", "priors", "oracle"))
       for k, d in enumerate(deltas)))
+  return "\n".join(lines)
+
+
+BASELINES = ("theory", "priors", "unweighted", "sklearn", "sklearn_same_ridge", "cv", "cv_ridge",
+             "downsample")
+
+
+def target_summary(results: dict, *, min_delta: float = 0.3,
+                   methods: tuple[str, ...] = GENERAL) -> str:
+  """Issue 11's targets per group of cases (Gaussian, real embeddings), cells with realized
+  delta = d / n >= min_delta - 0.01 (d / round(d / delta) rounds).
+
+  For each method: its mean worst-class error over the cells, minus the oracle's, minus each
+  baseline's; the cells where it is significantly worse (paired 95% t-interval over repeats
+  above 0) than the best baseline of that cell; and the median time ratio of 5-fold CV
+  (over the weight grid for theory_general, over weight x ridge for theory_joint) to it.
+  """
+  groups = {"gaussian": [r for n, r in results.items() if n in ("isotropic", "anisotropic")],
+            "real": [r for n, r in results.items() if n not in ("isotropic", "anisotropic")]}
+  lines = [f"== targets (cells with delta >= {min_delta})"]
+  for group, cases in groups.items():
+    cells = [(r, k) for r in cases for k, dl in enumerate(r["deltas"]) if dl >= min_delta - 0.01]
+    if not cells:
+      continue
+    present = [b for b in BASELINES if b in cases[0]["methods"]]
+
+    def mean_of(name, cells=cells):
+      return float(np.mean([r["methods"][name]["worst"]["mean"][k] for r, k in cells]))
+
+    lines.append(f"{group}: {len(cells)} cells; mean worst-class error: " + ", ".join(
+        f"{n} {mean_of(n):.4f}" for n in (*methods, "oracle", *present)
+        if n in cases[0]["methods"]))
+    for name in methods:
+      if name not in cases[0]["methods"]:
+        continue
+      worse, where = 0, []
+      for r, k in cells:
+        ms = r["methods"]
+        best = min(present, key=lambda b, ms=ms, k=k: ms[b]["worst"]["mean"][k])
+        diff = (np.asarray(ms[name]["paired_worst"])[:, k]
+                - np.asarray(ms[best]["paired_worst"])[:, k])
+        ci = metrics.mean_ci(diff)
+        if float(ci.low) > 0:
+          worse += 1
+          where.append(f"{r['name']} delta {r['deltas'][k]:.2f} vs {best} "
+                       f"+{float(ci.mean):.3f} [{float(ci.low):.3f}, {float(ci.high):.3f}]")
+      reference = "cv_ridge" if name == "theory_joint" else "cv"
+      ratios = [r["methods"][reference]["time_s"][k] / r["methods"][name]["time_s"][k]
+                for r, k in cells]
+      lines.append(
+          f"  {name}: - oracle {mean_of(name) - mean_of('oracle'):+.4f}; - baselines "
+          + ", ".join(f"{b} {mean_of(name) - mean_of(b):+.4f}" for b in present)
+          + f"; significantly worse than the cell's best baseline in {worse}/{len(cells)} cells"
+          + (" (" + "; ".join(where) + ")" if where else "")
+          + f"; time of {reference} / {name}: median {np.nanmedian(ratios):.1f}x")
   return "\n".join(lines)

@@ -430,7 +430,7 @@ def test_recommend_validate_sklearn_rows(tmp_path):
                            "--set", "num_seeds=2", "--set", "grid_size=4", "--set", "folds=2",
                            "--set", "ridge=0.5", "--set", "timing_repeats=0"])
   payload = load(tmp_path / "results.json")
-  assert set(payload["method_notes"]) == {"sklearn", "sklearn_same_ridge"}
+  assert {"sklearn", "sklearn_same_ridge"} <= set(payload["method_notes"])
   methods = payload["results"]["isotropic"]["methods"]
   same, priors = methods["sklearn_same_ridge"], methods["priors"]
   np.testing.assert_allclose(same["worst"]["mean"], priors["worst"]["mean"], atol=1e-4)

@@ -227,6 +227,27 @@ def test_cli_writes_report(tmp_path, capsys):
   assert report["recommendation"]["effective_dimension"] == 25
 
 
+def test_cli_auto_ridge_and_general_model(tmp_path, capsys):
+  """One command gives (method, weight, ridge), every option's predicted errors and intervals."""
+  x, y = _draw(8, 160, 16)
+  path = tmp_path / "emb.npz"
+  np.savez(path, x=x, y=y)
+  report = cli.main(["recommend", "--features", str(path), "--ridge", "auto", "--model",
+                     "general", "--out", str(tmp_path / "r.json")])
+  printed = capsys.readouterr().out
+  assert "recommendation (general model, worst)" in printed
+  assert "predicted worst-class error by ridge" in printed and "general model: span 16" in printed
+  rec = report["recommendation"]
+  direct = recommend.recommend_weight(x, y, ridge="auto", model="general")
+  assert rec["model"] == "general" and rec["ridge_auto"] is True
+  assert rec["choice"] == {"method": direct.method, "weight": pytest.approx(direct.choice[1]),
+                           "ridge": pytest.approx(direct.ridge)}
+  assert len(rec["options"]) == len(recommend.RIDGE_GRID)
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["recommend", "--features", str(path), "--ridge", "best"])
+  assert exit_info.value.code == 2 and "--ridge" in capsys.readouterr().err
+
+
 def test_cli_bad_input_exits_2(tmp_path, capsys):
   np.savez(tmp_path / "bad.npz", feats=np.ones((10, 2)), labels=np.ones(10))
   with pytest.raises(SystemExit) as exit_info:

@@ -2,12 +2,13 @@
 
 import warnings
 
+import jax
 import numpy as np
 import pytest
 from sklearn.linear_model import RidgeClassifier
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from thumb_jax import lls, recommend
+from thumb_jax import lls, mixture, recommend
 from thumb_jax.sklearn import WeightedLeastSquaresClassifier
 
 ESTIMATORS = [
@@ -100,7 +101,42 @@ def test_theory_weight_uses_recommendation():
   assert clf.weight_ == pytest.approx(3.0)
 
 
+def test_theory_auto_ridge_general_model_and_method():
+  """ridge="auto", model="general", method="auto": the estimator fits the recommendation's
+  (method, weight, ridge); a downsampling recommendation keeps all n_+ minority rows and
+  n_+ random majority rows at weight 1."""
+  x, y = _data(3, n=160, d=16)
+  clf = WeightedLeastSquaresClassifier(class_weight="theory", ridge="auto", model="general",
+                                       method="auto").fit(x, y)
+  rec = recommend.recommend_weight(x, y, ridge="auto", model="general")
+  assert clf.recommendation_.model == "general" and clf.ridge_ == pytest.approx(rec.ridge)
+  assert clf.method_ == rec.method
+  assert clf.weight_ == pytest.approx(rec.choice[1])
+  # Isotropic Gaussian, pi_+ = 0.15, delta = 0.6, a tiny ridge: the theory says downsample.
+  # (tests/test_recommend_general.py's case: same draw)
+  mix = mixture.GaussianMixture.symmetric(pi_plus=0.15, mean_norm=2.0)
+  x2, y2 = (np.asarray(v, np.float64) for v in mixture.sample(jax.random.key(1), mix, n=27, d=16))
+  down = WeightedLeastSquaresClassifier(class_weight="theory", ridge=1e-3, method="auto",
+                                        random_state=5).fit(x2, y2)
+  assert down.recommendation_.method == "downsampling"
+  assert down.method_ == "downsampling" and down.weight_ == 1.0 and down.ridge_ == 1e-3
+  plus = np.flatnonzero(y2 > 0)
+  keep = np.sort(np.r_[plus, np.random.default_rng(5).choice(np.flatnonzero(y2 < 0), len(plus),
+                                                             replace=False)])
+  ref = WeightedLeastSquaresClassifier(class_weight=1.0, ridge=1e-3).fit(x2[keep], y2[keep])
+  np.testing.assert_allclose(down.coef_, ref.coef_, rtol=1e-5, atol=1e-7)
+  # The default method="weighting" keeps weighting whatever the theory prefers.
+  weighted = WeightedLeastSquaresClassifier(class_weight="theory", ridge=1e-3).fit(x2, y2)
+  assert weighted.method_ == "weighting"
+  assert weighted.weight_ == pytest.approx(down.recommendation_.weight)
+
+
 @pytest.mark.parametrize("params,match", [
+    ({"ridge": "auto"}, "ridge: 'auto' needs class_weight='theory'"),
+    ({"class_weight": "theory", "ridge": "best"}, "ridge: expected"),
+    ({"model": "gaussian"}, "model: expected"),
+    ({"method": "downsampling"}, "method: expected"),
+    ({"random_state": "a"}, "random_state: expected"),
     ({"class_weight": 0.0}, "class_weight: expected"),
     ({"class_weight": "balanced"}, "class_weight: expected"),
     ({"ridge": -1.0}, "ridge: expected"),

@@ -1,14 +1,15 @@
 """Command line: a theory-guided class weight for embeddings stored on disk.
 
     python -m thumb_jax.cli recommend --features emb.npz [--features-key x --labels-key y] \\
-        [--ridge 0] [--objective worst] [--dimension participation] [--bootstrap 200] \\
-        [--out report.json]
+        [--ridge 0 | --ridge auto] [--model isotropic | --model general] [--objective worst] \\
+        [--dimension participation] [--bootstrap 200] [--out report.json]
     python -m thumb_jax.cli recommend --features X.npy --labels y.npy ...
 
 Input: an .npz holding features [n, d] and labels [n] (keys given, or the first of
 `embedding_files.FEATURE_KEYS` and `LABEL_KEYS` that exists, the order every embedding reader
 uses), or an .npy of features with --labels (.npy, or .npz with --labels-key). Prints the
-recommendation and writes it as strict JSON (NaN -> null) to --out.
+recommendation (method, weight, ridge, the predicted errors of every option, bootstrap
+intervals) and writes it as strict JSON (NaN -> null) to --out.
 """
 
 from __future__ import annotations
@@ -78,10 +79,24 @@ def _dimension(text: str):
   return int(value) if value.is_integer() else value
 
 
+def _ridge(text: str):
+  if text == "auto":
+    return text
+  try:
+    return float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'auto', got {text!r}") from None
+
+
 def summary(rec: recommend.Recommendation) -> str:
   """A few human-readable lines."""
   e, pe = rec.errors, rec.prior_errors
+  method, weight, ridge = rec.choice
+  ce = rec.chosen_errors
   lines = [
+      f"recommendation ({rec.model} model, {rec.objective}): {method}, weight {weight:.4g}, "
+      f"ridge {ridge:.4g}{' (chosen from a grid)' if rec.ridge_auto else ''}; predicted "
+      f"errors: minority {float(ce.err_plus):.4f}, majority {float(ce.err_minus):.4f}",
       f"classes: +1 (minority) = {rec.labels.plus!r} [{rec.count_plus}], "
       f"-1 (majority) = {rec.labels.minus!r} [{rec.count_minus}]",
       f"effective dimension {rec.dimension:.1f} of {rec.ambient_dim}, "
@@ -96,6 +111,25 @@ def summary(rec: recommend.Recommendation) -> str:
       f"ratio of priors {rec.prior_weight:.4g}: predicted minority {float(pe.err_plus):.4f}, "
       f"majority {float(pe.err_minus):.4f}",
   ]
+  if rec.general is not None:
+    g = rec.general
+    lines.append(f"general model: span {g.span_dim} of {rec.ambient_dim}, Ledoit-Wolf shrinkage "
+                 f"{g.shrinkage_plus:.2f} / {g.shrinkage_minus:.2f}, covariance commute gap "
+                 f"{g.commute_gap:.2f}")
+  if rec.bootstrap_weights.shape[0]:
+    lines.append(f"bootstrap: ridge {rec.ridge_interval[0]:.4g} .. {rec.ridge_interval[1]:.4g}, "
+                 f"predicted {rec.objective} error {rec.value_interval[0]:.4f} .. "
+                 f"{rec.value_interval[1]:.4f}, downsampling chosen in "
+                 f"{100 * rec.downsample_share:.0f}% of resamples")
+  opts = rec.options
+  if opts is not None and len(opts.ridges) > 1:
+    lines.append("predicted worst-class error by ridge: weighting (weight) / downsampling / "
+                 "ratio of priors")
+    for r, value in enumerate(opts.ridges):
+      worst = [max(float(v.err_plus[r]), float(v.err_minus[r]))
+               for v in (opts.weighting, opts.downsampling, opts.prior)]
+      lines.append(f"  ridge {value:10.4g}: {worst[0]:.4f} ({float(opts.weight[r]):.4g}) / "
+                   f"{worst[1]:.4f} / {worst[2]:.4f}")
   return "\n".join(lines)
 
 
@@ -113,8 +147,8 @@ def _recommend(args) -> dict:
   x, y = load_retraining_set(args.features, args.labels, features_key=args.features_key,
                              labels_key=args.labels_key)
   rec = recommend.recommend_weight(x, y, ridge=args.ridge, objective=args.objective,
-                                   dimension=args.dimension, bootstrap=args.bootstrap,
-                                   seed=args.seed)
+                                   dimension=args.dimension, model=args.model,
+                                   bootstrap=args.bootstrap, seed=args.seed)
   print(summary(rec))
   report = {"input": {"features": args.features, "labels": args.labels,
                       "features_key": args.features_key, "labels_key": args.labels_key,
@@ -136,7 +170,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
   rec.add_argument("--labels", help=".npy (or .npz) with labels [n]; default: from --features")
   for what, keys in (("features", FEATURE_KEYS), ("labels", LABEL_KEYS)):
     rec.add_argument(f"--{what}-key", help=f"array name in the .npz (default: {'/'.join(keys)})")
-  rec.add_argument("--ridge", type=float, default=0.0, help="ridge >= 0 (penalty ridge*n*|w|^2)")
+  rec.add_argument("--ridge", type=_ridge, default=0.0,
+                   help="ridge >= 0 (penalty ridge*n*|w|^2), or auto (chosen by the theory)")
+  rec.add_argument("--model", choices=recommend.MODELS, default="isotropic",
+                   help="isotropic surrogate, or general (any class covariances)")
   rec.add_argument("--objective", choices=("worst", "balanced"), default="worst")
   rec.add_argument("--dimension", type=_dimension, default="participation",
                    help="participation | effective_rank | ambient | whitened | a positive number")

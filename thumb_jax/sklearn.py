@@ -2,6 +2,9 @@
 
     from thumb_jax.sklearn import WeightedLeastSquaresClassifier
     clf = WeightedLeastSquaresClassifier(class_weight="theory", ridge=1e-3).fit(X, y)
+    # The theory's joint choice: weight, ridge, and weighting or downsampling.
+    clf = WeightedLeastSquaresClassifier(class_weight="theory", ridge="auto", model="general",
+                                         method="auto").fit(X, y)
 
 It fits `thumb_jax.lls.fit`: square loss on +1 / -1 targets, the less frequent label
 as +1 with class weight c_+ and the other with c_- = 1, an unpenalized intercept and
@@ -43,10 +46,16 @@ class WeightedLeastSquaresClassifier(ClassifierMixin, BaseEstimator):
       scikit-learn's "balanced"), "theory" (`thumb_jax.recommend.recommend_weight`), or a
       dict {label: weight} for both labels (fitted as c_+ / c_- with ridge / c_-, the same
       minimizer).
-    ridge: ridge >= 0; the objective adds ridge * n * |w|^2.
+    ridge: ridge >= 0; the objective adds ridge * n * |w|^2. With class_weight="theory" also
+      "auto": the ridge the theory predicts best (`recommend_weight(ridge="auto")`).
     objective: what "theory" minimizes, "worst" (worst-class error) or "balanced".
     dimension: the effective dimension "theory" uses ("participation", "effective_rank",
       "ambient", "whitened" or a positive number; see thumb_jax.recommend).
+    model: the theory "theory" uses, "isotropic" or "general" (any class covariances).
+    method: "weighting" (always fit with a class weight) or "auto": with class_weight="theory",
+      follow the recommendation, which may be to downsample the majority at random (seeded
+      by random_state) to n_+ rows and fit with weight 1.
+    random_state: seed of that downsampling (an int).
 
   Attributes (after fit):
     classes_: [2] labels, sorted; decision_function > 0 predicts classes_[1].
@@ -54,6 +63,7 @@ class WeightedLeastSquaresClassifier(ClassifierMixin, BaseEstimator):
     weight_: the minority weight c_+ used (relative to c_- = 1).
     coef_: [1, d] and intercept_: [1] of decision_function (sign oriented to classes_[1]).
     recommendation_: the Recommendation when class_weight="theory" (None otherwise).
+    ridge_: the ridge used; method_: "weighting" or "downsampling".
     n_features_in_ (and feature_names_in_ for named columns).
 
   With class_weight="theory", data that admit no recommendation (no detectable class
@@ -61,11 +71,15 @@ class WeightedLeastSquaresClassifier(ClassifierMixin, BaseEstimator):
   effect) fall back to "priors" with a UserWarning.
   """
 
-  def __init__(self, class_weight=1.0, ridge=0.0, objective="worst", dimension="participation"):
+  def __init__(self, class_weight=1.0, ridge=0.0, objective="worst", dimension="participation",
+               model="isotropic", method="weighting", random_state=0):
     self.class_weight = class_weight
     self.ridge = ridge
     self.objective = objective
     self.dimension = dimension
+    self.model = model
+    self.method = method
+    self.random_state = random_state
 
   def __sklearn_tags__(self):
     tags = super().__sklearn_tags__()
@@ -79,10 +93,20 @@ class WeightedLeastSquaresClassifier(ClassifierMixin, BaseEstimator):
     if not valid:
       raise ValueError("class_weight: expected a finite positive number, 'priors', 'theory' or "
                        f"a dict {{label: weight}}, got {cw!r}")
-    if not _finite_number(self.ridge) or not self.ridge >= 0:
-      raise ValueError(f"ridge: expected a finite number >= 0, got {self.ridge!r}")
+    if isinstance(self.ridge, str) and self.ridge == "auto":
+      if cw != "theory":
+        raise ValueError(f"ridge: 'auto' needs class_weight='theory', got class_weight={cw!r}")
+    elif not _finite_number(self.ridge) or not self.ridge >= 0:
+      raise ValueError(f"ridge: expected a finite number >= 0 or 'auto', got {self.ridge!r}")
     if self.objective not in ("worst", "balanced"):
       raise ValueError(f"objective: expected 'worst' or 'balanced', got {self.objective!r}")
+    if self.model not in recommend.MODELS:
+      raise ValueError(f"model: expected one of {list(recommend.MODELS)}, got {self.model!r}")
+    if self.method not in ("weighting", "auto"):
+      raise ValueError(f"method: expected 'weighting' or 'auto', got {self.method!r}")
+    if (isinstance(self.random_state, bool)
+        or not isinstance(self.random_state, (int, np.integer))):
+      raise ValueError(f"random_state: expected an integer, got {self.random_state!r}")
 
   def _minority_weight(self, x, labels, n_plus, n_minus, ridge):
     """(c_+ / c_-, ridge / c_-, recommendation or None) for the chosen class_weight."""
@@ -93,12 +117,14 @@ class WeightedLeastSquaresClassifier(ClassifierMixin, BaseEstimator):
     if cw == "theory":
       try:
         rec = recommend.recommend_weight(x, labels, ridge=ridge, objective=self.objective,
-                                         dimension=self.dimension)
+                                         dimension=self.dimension, model=self.model)
       except recommend.RecommendationUndefined as err:
-        warnings.warn(f"class_weight='theory' undefined here ({err}); using 'priors'",
-                      UserWarning, stacklevel=3)
+        if ridge == "auto":       # 1e-3 x the mean feature variance, the validation's ridge
+          ridge = 1e-3 * float(np.mean(np.var(np.asarray(x, np.float64), axis=0)))
+        warnings.warn(f"class_weight='theory' undefined here ({err}); using 'priors' at "
+                      f"ridge {ridge:.3g}", UserWarning, stacklevel=3)
         return prior, ridge, None
-      return rec.weight, ridge, rec
+      return rec.weight, rec.ridge, rec
     if isinstance(cw, dict):
       missing = [c for c in self.classes_ if c not in cw]
       if missing:
@@ -128,7 +154,18 @@ class WeightedLeastSquaresClassifier(ClassifierMixin, BaseEstimator):
     self.minority_ = self.classes_[minority]
     self._majority = self.classes_[1 - minority]
     weight, ridge, self.recommendation_ = self._minority_weight(
-        X, y, counts[minority], counts[1 - minority], float(self.ridge))
+        X, y, counts[minority], counts[1 - minority],
+        self.ridge if isinstance(self.ridge, str) else float(self.ridge))
+    self.ridge_ = float(ridge)
+    self.method_ = "weighting"
+    rec = self.recommendation_
+    if self.method == "auto" and rec is not None and rec.method == "downsampling":
+      # All minority rows and as many majority rows, drawn at random; weight 1.
+      rng = np.random.default_rng(self.random_state)
+      plus = np.flatnonzero(y == self.minority_)
+      minus = rng.choice(np.flatnonzero(y != self.minority_), plus.shape[0], replace=False)
+      keep = np.sort(np.concatenate([plus, minus]))
+      X, y, weight, self.method_ = X[keep], y[keep], 1.0, "downsampling"
     self.weight_ = float(weight)
     signs = np.where(y == self.minority_, 1.0, -1.0)
     # Centre and scale in float64 first: the fit is translation invariant, float32 loses
