@@ -16,6 +16,8 @@ and backbone seed, the stages are:
      weight grid, every method of `thumb_jax.retrain`) and the general-covariance plug-in
      theory (`experiments.image_study_theory`), cached per cell in WORKDIR/cells/.
 
+WORKDIR/sets/{preset}_d{d}_seed{seed}/ links each backbone's val / test embeddings under the
+names `image_llr`, `anisotropic` and `recommend_validate` read (`--embeddings DIR`).
 Then `experiments.image_study_report` pools the cells: between-backbone and
 between-subsample spreads, paired comparisons with the prior ratio per backbone, the
 collapse of the best weight onto delta or delta_eff, figures, CSV and one results.json
@@ -357,6 +359,24 @@ def run_cells(cfg: Config, backbones: dict[tuple[int, int], dict]) -> list[dict]
 # ----------------------------------------------------------------------------- entry point
 
 
+def link_sets(cfg: Config, backbones: dict[tuple[int, int], dict]) -> list[str]:
+  """WORKDIR/sets/{preset}_d{width}_seed{seed}/{val,test}.npz: relative links to each
+  backbone's embedding files, the folder layout `image_llr`, `anisotropic` and
+  `recommend_validate` read (`--embeddings DIR`). Returns the folders."""
+  folders = []
+  for (width, seed), b in sorted(backbones.items()):
+    for preset, files in b["embeddings"].items():
+      folder = os.path.join(cfg.workdir, "sets", f"{preset}_d{width}_seed{seed}")
+      os.makedirs(folder, exist_ok=True)
+      for split, target in files.items():
+        link = os.path.join(folder, f"{split}.npz")
+        if os.path.lexists(link):
+          os.remove(link)
+        os.symlink(os.path.relpath(target, folder), link)
+      folders.append(folder)
+  return folders
+
+
 def backbone_table(backbones: dict[tuple[int, int], dict]) -> list[dict]:
   """One row per backbone: its test errors, training time and rate."""
   return [{"width": w, "seed": s, "test_err_plus": b["test"]["err_plus"],
@@ -380,6 +400,7 @@ def run(cfg: Config, out, *, data: dict | None = None) -> dict:
   timings: dict = {}
   with common.stopwatch(timings, "backbones_and_embeddings"):
     backbones = train_backbones(cfg, data=data)
+  link_sets(cfg, backbones)
   with common.stopwatch(timings, "cells"):
     cells = run_cells(cfg, backbones)
   results: dict = {"backbones": backbone_table(backbones), "presets": {}}

@@ -124,7 +124,7 @@ _RETRAIN = textwrap.dedent("""
       y = np.where(np.arange(120) % 6 == 0, 1.0, -1.0)
       x = rng.normal(size=(120, 10)) + shift * y[:, None]
       return x[:80], y[:80], x[80:], y[80:]
-    kw = dict(sizes=[24, 48, 80], weights=np.geomspace(0.5, 50, 6), num_repeats=5, ridge=1e-2)
+    kw = dict(sizes=[24, 80], weights=np.geomspace(0.5, 50, 4), num_repeats=5, ridge=1e-2)
     first = data(0.6)
     one = retrain.run(*first, shard=False, **kw)
     many = retrain.run(*first, **kw)                         # 4 devices: sharded by default

@@ -31,8 +31,10 @@ def write_fake_cifar(path, *, seed=0):
 
 
 def _argv(data, workdir, out):
+  # One preset keeps the test short (each preset adds embeddings and compiled sweeps); the
+  # presets' splits are checked without training in test_presets_split_the_test_images.
   return ["--quick", "--dataset", "cifar10", "--data_dir", data, "--workdir", str(workdir),
-          "--out", str(out)]
+          "--out", str(out), "--set", "presets=extended"]
 
 
 @pytest.fixture(name="study", scope="module")
@@ -51,6 +53,19 @@ def test_plan_and_presets():
   assert image_study.plan(short) == [(128, 0), (128, 1), (128, 2), (256, 0), (512, 0)]
 
 
+def test_presets_split_the_test_images(tmp_path):
+  """paper: 10% of the two-class test split at the training split's 91 / 9; extended: half
+  the test trucks and 9% airplanes; both share the training split (fake data sizes)."""
+  data = write_fake_cifar(tmp_path / "cifar.npz")
+  cfg = image_study.Config(data_dir=data, workdir=str(tmp_path / "work"))
+  splits = {p: image_study.load_split_data(cfg, p, image_size=32, max_train_examples=None)
+            for p in image_study.presets(cfg)}
+  counts = {p: (len(d.val.labels), int(np.sum(d.val.labels > 0)), len(d.test.labels))
+            for p, d in splits.items()}
+  assert counts == {"paper": (40, 4, 360), "extended": (110, 10, 290)}
+  np.testing.assert_array_equal(splits["paper"].train.images, splits["extended"].train.images)
+
+
 @pytest.mark.parametrize("change,pattern", [
     ({"dataset": "mnist"}, "--dataset"), ({"data_dir": ""}, "--data_dir"),
     ({"latent": (16, 16)}, "latent"), ({"seeds": ()}, "seeds"),
@@ -66,8 +81,7 @@ def test_bad_config_is_named(change, pattern):
 def test_outputs_and_schema(study):
   root, _, results = study
   out = root / "out"
-  for name in ("results.json", "results.csv", "tables.md", "errors_vs_delta_paper.png",
-               "errors_vs_delta_extended.png", "weights_vs_delta_paper.png",
+  for name in ("results.json", "results.csv", "tables.md", "errors_vs_delta_extended.png",
                "weights_vs_delta_extended.png"):
     assert (out / name).stat().st_size > 0, name
   saved = json.loads((out / "results.json").read_text())
@@ -75,11 +89,10 @@ def test_outputs_and_schema(study):
   assert saved["config"]["latent"] == [16, 32]
   assert {(b["width"], b["seed"]) for b in saved["results"]["backbones"]} == {
       (16, 0), (16, 1), (32, 0)}
-  # The presets' pools: paper 36 trucks + 4 airplanes, extended 100 + 10 (fake data sizes).
   presets = saved["results"]["presets"]
-  assert (presets["paper"]["pool_size"], presets["paper"]["pool_plus"]) == (40, 4)
+  assert set(presets) == {"extended"}
   assert (presets["extended"]["pool_size"], presets["extended"]["pool_plus"]) == (110, 10)
-  assert presets["paper"]["test_size"] + 40 == presets["extended"]["test_size"] + 110 == 400
+  assert presets["extended"]["test_size"] == 290
   for preset in presets.values():
     w16 = preset["widths"]["16"]
     assert w16["backbone_seeds"] == [0, 1]
@@ -92,6 +105,9 @@ def test_outputs_and_schema(study):
     assert all(v is None for v in preset["widths"]["32"]["methods"]["prior_ratio"]
                ["between_backbones_sd"])
     assert set(preset["collapse"]) >= {"delta", "delta_eff", "rms_log10_general_minus_best"}
+  sets = root / "work" / "sets" / "extended_d16_seed1"
+  assert np.load(sets / "val.npz")["embeddings"].shape == (110, 16)
+  assert np.load(sets / "test.npz")["embeddings"].shape == (290, 16)
   header = (out / "results.csv").read_text().splitlines()[0].split(",")
   assert {"preset", "width", "n", "delta", "delta_eff", "method", "between_backbones_sd",
           "between_subsamples_sd", "backbones_better"} <= set(header)
