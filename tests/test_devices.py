@@ -75,6 +75,17 @@ def test_two_processes_give_the_one_process_answer():
     np.testing.assert_allclose(float(row[-1]), float(single[-1]), rtol=1e-5, atol=1e-5)
 
 
+def _four_device_row(script: str) -> list[str]:
+  """Runs `script` in a fresh process on 4 virtual CPU devices; its RESULT line's fields."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+  done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                        text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  (row,) = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("RESULT")]
+  return row
+
+
 _TRAIN_STEP = textwrap.dedent("""
     import thumb_jax
     import jax, jax.numpy as jnp, numpy as np
@@ -104,12 +115,7 @@ _TRAIN_STEP = textwrap.dedent("""
 
 def test_sharded_train_step_equals_one_device_step():
   """Data parallel: the global batch split over 4 devices, the state replicated."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-  done = subprocess.run([sys.executable, "-c", _TRAIN_STEP], env=env, capture_output=True,
-                        text=True, timeout=300, check=False)
-  assert done.returncode == 0, done.stderr[-3000:]
-  (row,) = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("RESULT")]
+  row = _four_device_row(_TRAIN_STEP)
   assert int(row[0]) == 4 and int(row[1]) == 4        # 4 devices, parameters on all of them
   assert float(row[2]) < 1e-5 and float(row[3]) < 1e-5
 
@@ -142,12 +148,7 @@ _RETRAIN = textwrap.dedent("""
 
 def test_sharded_retraining_sweep_equals_one_device_sweep():
   """retrain.run with the repeats split over 4 devices (5 repeats: padded, padding dropped)."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-  done = subprocess.run([sys.executable, "-c", _RETRAIN], env=env, capture_output=True,
-                        text=True, timeout=300, check=False)
-  assert done.returncode == 0, done.stderr[-3000:]
-  (row,) = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("RESULT")]
+  row = _four_device_row(_RETRAIN)
   assert int(row[0]) == 4
   assert float(row[1]) < 1e-4 and row[2] == "True"
   assert int(row[3]) == 1                            # new data: no recompilation
@@ -180,12 +181,7 @@ _THEORY_POINTS = textwrap.dedent("""
 
 def test_sharded_theory_points_equal_one_device_points():
   """The general theory's fast points sharded over 4 devices (21 points: padded)."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-  done = subprocess.run([sys.executable, "-c", _THEORY_POINTS], env=env, capture_output=True,
-                        text=True, timeout=300, check=False)
-  assert done.returncode == 0, done.stderr[-3000:]
-  (row,) = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("RESULT")]
+  row = _four_device_row(_THEORY_POINTS)
   assert int(row[0]) == 4 and int(row[2]) == 21
   assert float(row[1]) < 1e-5
   assert int(row[3]) == 1                            # new points: no recompilation
