@@ -70,13 +70,10 @@ def _middle_argmin(values: jax.Array) -> jax.Array:
   return jnp.argmax(is_min & (rank >= target))
 
 
-def cv_weight(x, y, mask, folds_of_rows, grid, *, ridge, objective, folds):
-  """Weight of the grid with the best pooled k-fold validation objective.
-
-  Per-class held-out errors are pooled over folds (wrong counts / class counts); ties,
-  common with small held-out sets, are broken by the other objective and then by the
-  middle of the tied range.
-  """
+def _pooled_cv_errors(x, y, mask, folds_of_rows, grid, ridge, folds: int) -> ClassErrors:
+  """Per-class held-out errors [G] of every grid weight, pooled over the k folds
+  (wrong counts / class counts). A Python-float ridge takes lls's Cholesky path, a traced
+  one its eigh path."""
   def one_fold(f):
     train = mask * (folds_of_rows != f)
     held = (mask * (folds_of_rows == f)).astype(x.dtype)
@@ -86,7 +83,17 @@ def cv_weight(x, y, mask, folds_of_rows, grid, *, ridge, objective, folds):
             jnp.sum(held * (y > 0)), jnp.sum(held * (y < 0)))
 
   wp, wm, np_, nm = jax.vmap(one_fold)(jnp.arange(folds))
-  errs = ClassErrors(jnp.sum(wp, 0) / jnp.sum(np_), jnp.sum(wm, 0) / jnp.sum(nm))
+  return ClassErrors(jnp.sum(wp, 0) / jnp.sum(np_), jnp.sum(wm, 0) / jnp.sum(nm))
+
+
+def cv_weight(x, y, mask, folds_of_rows, grid, *, ridge, objective, folds):
+  """Weight of the grid with the best pooled k-fold validation objective.
+
+  Per-class held-out errors are pooled over folds (`_pooled_cv_errors`); ties, common with
+  small held-out sets, are broken by the other objective and then by the middle of the
+  tied range.
+  """
+  errs = _pooled_cv_errors(x, y, mask, folds_of_rows, grid, ridge, folds)
   main, other = (errs.worst, errs.balanced) if objective == "worst" else (errs.balanced,
                                                                            errs.worst)
   return grid[_middle_argmin(main + 1e-3 * other)]
@@ -98,18 +105,7 @@ def cv_weight_ridge(x, y, mask, folds_of_rows, grid, ridges, *, objective, folds
   As `cv_weight` at every ridge (vmapped: a traced ridge takes lls's eigh path), ties broken
   by the other objective, then the middle of the tied range in (ridge, weight) order.
   """
-  def at_ridge(ridge):
-    def one_fold(f):
-      train = mask * (folds_of_rows != f)
-      held = (mask * (folds_of_rows == f)).astype(x.dtype)
-      layer = lls.fit_sweep(x, y, grid, ridge=ridge, mask=train)
-      wrong = lls.scores(layer, x) * y <= 0                                 # [G, N]
-      return (jnp.sum(wrong * (held * (y > 0)), -1), jnp.sum(wrong * (held * (y < 0)), -1),
-              jnp.sum(held * (y > 0)), jnp.sum(held * (y < 0)))
-
-    wp, wm, np_, nm = jax.vmap(one_fold)(jnp.arange(folds))
-    return ClassErrors(jnp.sum(wp, 0) / jnp.sum(np_), jnp.sum(wm, 0) / jnp.sum(nm))
-
+  at_ridge = lambda ridge: _pooled_cv_errors(x, y, mask, folds_of_rows, grid, ridge, folds)
   errs = jax.vmap(at_ridge)(ridges)                                         # [R, G]
   main, other = (errs.worst, errs.balanced) if objective == "worst" else (errs.balanced,
                                                                            errs.worst)

@@ -25,6 +25,7 @@ import numpy as np
 from thumb_jax import anisotropic as an
 from thumb_jax import metrics
 from thumb_jax.metrics import ClassErrors
+from thumb_jax.plug_in import class_moments
 
 METHODS = ("weighting", "downsampling")
 # The pinch's basis: eigenvectors of POOL_MIX Sigma_+ + (1 - POOL_MIX) Sigma_-. Qbar^-1 =
@@ -157,13 +158,8 @@ def general_stats(z: jax.Array, is_plus: jax.Array, counts: jax.Array | None = N
     GeneralStats (with all-ones counts and pooled_target False: `from_samples` then
     `debiased_means`, pinched).
   """
-  n_rows, r = z.shape
-  counts = jnp.ones((n_rows,), z.dtype) if counts is None else counts.astype(z.dtype)
-  c_p = jnp.where(is_plus, counts, 0.0)
-  c_m = jnp.where(is_plus, 0.0, counts)
-  n_p, n_m = jnp.sum(c_p), jnp.sum(c_m)
-  mean_p, mean_m = c_p @ z / n_p, c_m @ z / n_m
-  xc = z - jnp.where(is_plus[:, None], mean_p, mean_m)
+  counts = jnp.ones(z.shape[:1], z.dtype) if counts is None else counts.astype(z.dtype)
+  c_p, c_m, n_p, n_m, mean_p, mean_m, xc = class_moments(z, is_plus, counts)
   if pooled_target:
     # Each class towards the pooled within-class covariance (itself Ledoit-Wolf towards a
     # multiple of I): the classes of an embedding share most of their structure, and a

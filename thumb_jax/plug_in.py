@@ -57,6 +57,31 @@ class Surrogate(NamedTuple):
   signal: jax.Array         # the debiased squared mean difference the mixture uses (may be <= 0)
 
 
+class ClassMoments(NamedTuple):
+  """Per-class multiplicities c_+, c_- [n], counts n_+, n_- (scalars), means [d], and the
+  rows centred by their class mean xc [n, d]."""
+  c_plus: jax.Array
+  c_minus: jax.Array
+  n_plus: jax.Array
+  n_minus: jax.Array
+  mean_plus: jax.Array
+  mean_minus: jax.Array
+  xc: jax.Array
+
+
+def class_moments(x: jax.Array, is_plus: jax.Array, counts: jax.Array | None = None
+                  ) -> ClassMoments:
+  """Class counts, means and class-centred rows of x [n, d] with multiplicities `counts`
+  [n] (default all ones; a bootstrap resample otherwise), pure and traceable."""
+  counts = jnp.ones(x.shape[:1], x.dtype) if counts is None else counts.astype(x.dtype)
+  c_plus = jnp.where(is_plus, counts, 0.0)
+  c_minus = jnp.where(is_plus, 0.0, counts)
+  n_plus, n_minus = jnp.sum(c_plus), jnp.sum(c_minus)
+  mean_plus, mean_minus = c_plus @ x / n_plus, c_minus @ x / n_minus
+  xc = x - jnp.where(is_plus[:, None], mean_plus, mean_minus)
+  return ClassMoments(c_plus, c_minus, n_plus, n_minus, mean_plus, mean_minus, xc)
+
+
 def plug_in_stats(x: jax.Array, is_plus: jax.Array, counts: jax.Array | None = None, *,
                   effective_rank: bool = False, whitened: bool = False,
                   scatter: jax.Array | None = None) -> PlugInStats:
@@ -78,11 +103,7 @@ def plug_in_stats(x: jax.Array, is_plus: jax.Array, counts: jax.Array | None = N
   """
   n_rows, d = x.shape
   counts = jnp.ones((n_rows,), x.dtype) if counts is None else counts.astype(x.dtype)
-  c_plus = jnp.where(is_plus, counts, 0.0)
-  c_minus = jnp.where(is_plus, 0.0, counts)
-  n_plus, n_minus = jnp.sum(c_plus), jnp.sum(c_minus)
-  mean_plus, mean_minus = c_plus @ x / n_plus, c_minus @ x / n_minus
-  xc = x - jnp.where(is_plus[:, None], mean_plus, mean_minus)
+  c_plus, c_minus, n_plus, n_minus, mean_plus, mean_minus, xc = class_moments(x, is_plus, counts)
   sq = jnp.sum(xc ** 2, axis=1)
   trace_plus = c_plus @ sq / (n_plus - 1.0)
   trace_minus = c_minus @ sq / (n_minus - 1.0)
