@@ -44,13 +44,19 @@ def _config(model: str, *, image_size: int, batch_size: int, dtype: str) -> conf
                              augment=False)
 
 
+def _model_and_state(model: str, *, image_size: int, batch_size: int, dtype: str):
+  """The network of the config and its initial TrainState (seed 0)."""
+  config = _config(model, image_size=image_size, batch_size=batch_size, dtype=dtype)
+  net = train.create_model(config)
+  return net, train.create_train_state(config, net, key=jax.random.key(0, impl=PRNG_IMPL),
+                                       steps_per_epoch=100)
+
+
 def jax_train_step(*, model: str = "resnet34", image_size: int, batch_size: int,
                    dtype: str = "float32") -> tuple[Callable[[], float], dict]:
   """(a thunk running one blocked jitted train step from the same state, compile info)."""
-  config = _config(model, image_size=image_size, batch_size=batch_size, dtype=dtype)
-  net = train.create_model(config)
-  state = train.create_train_state(config, net, key=jax.random.key(0, impl=PRNG_IMPL),
-                                   steps_per_epoch=100)
+  net, state = _model_and_state(model, image_size=image_size, batch_size=batch_size,
+                                dtype=dtype)
   # No buffer donation: every timed call starts from `state` again (the same work per step).
   step, _ = train.jitted_steps(crop_padding=0, flip=False)
   rng = np.random.default_rng(0)
@@ -65,10 +71,8 @@ def jax_train_step(*, model: str = "resnet34", image_size: int, batch_size: int,
 def jax_embed_step(*, model: str = "resnet34", image_size: int, batch_size: int,
                    dtype: str = "float32") -> tuple[Callable[[], float], dict]:
   """A thunk computing the embeddings [batch_size, latent_dim] of a uint8 batch (eval mode)."""
-  config = _config(model, image_size=image_size, batch_size=batch_size, dtype=dtype)
-  net = train.create_model(config)
-  state = train.create_train_state(config, net, key=jax.random.key(0, impl=PRNG_IMPL),
-                                   steps_per_epoch=100)
+  net, state = _model_and_state(model, image_size=image_size, batch_size=batch_size,
+                                dtype=dtype)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   embed = jax.jit(lambda v, images: net.apply(v, resnet.normalize_images(images),
                                               train=False)[1])
