@@ -1,15 +1,16 @@
-"""Scaling benchmark: the solver sweep, the Gaussian simulation and the retraining sweep on
-1, 2, 4, 8 devices.
+"""Scaling benchmark: the solver sweep, the Gaussian simulation, the retraining sweep and the
+recommendation's bootstrap on 1, 2, 4, 8 devices.
 
     python -m experiments.bench_scale --out out/bench_scale [--devices 1,2,4,8] [--quick]
 
 Each device count runs in a fresh process (on CPU, `--xla_force_host_platform_device_count`
 makes virtual devices; on a GPU machine the real devices are used and `--devices` is
 ignored). Timed: `lls.fit_sweep` vmapped over seeds with the seed axis sharded
-(`devices.sharded_vmap`), and `simulate.run_sweep` (the Gaussian studies' engine, seeds
-sharded), and `retrain.run` (the image studies' LLR sweep, repeats sharded; host
-conversions included). Writes results.json (median seconds per call, speed-up and efficiency against
-one device, the platform) and scaling.png.
+(`devices.sharded_vmap`), `simulate.run_sweep` (the Gaussian studies' engine, seeds
+sharded), `retrain.run` (the image studies' LLR sweep, repeats sharded; host conversions
+included) and `recommend_weight(bootstrap=B)` (the B resamples sharded; the point estimate
+and host conversions included). Writes results.json (median seconds per call, speed-up and
+efficiency against one device, the platform) and scaling.png.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import json, sys
 import thumb_jax
 import jax, jax.numpy as jnp, numpy as np
 from experiments import report
-from thumb_jax import GaussianMixture, devices, lls, retrain, simulate, subsample
+from thumb_jax import GaussianMixture, devices, lls, recommend, retrain, simulate, subsample
 
 cfg = json.loads(sys.argv[1])
 seeds, n, d, k = cfg["seeds"], cfg["n"], cfg["d"], cfg["weights"]
@@ -53,15 +54,20 @@ sizes = np.unique(np.geomspace(40, n, 6).astype(int))
 llr = lambda: retrain.run(xp, yp, xp, yp, sizes=sizes, weights=np.geomspace(0.1, 1000, k),
                           num_repeats=seeds, ridge=1e-3)
 retraining = report.time_calls(llr, repeats=cfg["repeats"])
+boot = lambda: recommend.recommend_weight(xp, yp, ridge=1e-3, bootstrap=cfg["bootstrap"],
+                                          batch_size=8).bootstrap_weights
+bootstrap = report.time_calls(boot, repeats=cfg["repeats"])
 print("RESULT", json.dumps({**devices.describe(), "solver_s": solver.median_s,
                             "solver_first_s": solver.first_s, "gaussian_s": gaussian.median_s,
                             "gaussian_first_s": gaussian.first_s,
                             "retrain_s": retraining.median_s,
-                            "retrain_first_s": retraining.first_s}))
+                            "retrain_first_s": retraining.first_s,
+                            "bootstrap_s": bootstrap.median_s,
+                            "bootstrap_first_s": bootstrap.first_s}))
 """
 
 
-NAMES = ("solver", "gaussian", "retrain")
+NAMES = ("solver", "gaussian", "retrain", "bootstrap")
 
 
 def _child(count: int | None, cfg: dict) -> dict:
@@ -89,8 +95,9 @@ def main(argv=None) -> dict:
     counts = []
   if not counts or min(counts) < 1:
     raise ValueError(f"--devices: expected comma-separated integers >= 1, got {args.devices!r}")
-  cfg = ({"seeds": 8, "n": 256, "d": 32, "weights": 8, "repeats": 3} if args.quick else
-         {"seeds": 16, "n": 1024, "d": 128, "weights": 32, "repeats": 3})
+  cfg = ({"seeds": 8, "n": 256, "d": 32, "weights": 8, "bootstrap": 8, "repeats": 3}
+         if args.quick else
+         {"seeds": 16, "n": 1024, "d": 128, "weights": 32, "bootstrap": 64, "repeats": 3})
   import jax  # after thumb_jax (via common) set the XLA flags
 
   on_cpu = jax.default_backend() == "cpu"

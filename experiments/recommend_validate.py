@@ -42,6 +42,7 @@ Cases:
 Gaussian errors are exact (metrics.gaussian_class_errors, no test sampling). Every repeat is
 one fresh pool of the largest n; the sizes are nested 0/1 masks of it, and the whole
 comparison for all repeats and sizes is one jit(lax.map over repeats (lax.map over sizes)),
+with the repeats split over every device when there are several (`sharded_repeats`),
 except scikit-learn and the GENERAL methods, which run on the host, one call per retraining
 set, as a user would call them.
 Times are single calls on one retraining set after compilation (median of a few).
@@ -81,7 +82,7 @@ from experiments.recommend_validate_methods import (
   time_methods,
 )
 from experiments.report import interval_dict
-from thumb_jax import embedding_files, lls, metrics, recommend, simulate, subsample
+from thumb_jax import devices, embedding_files, lls, metrics, recommend, simulate, subsample
 from thumb_jax import mixture as mixture_lib
 from thumb_jax.metrics import ClassErrors
 
@@ -227,46 +228,100 @@ def random_masks(rng: np.random.Generator, y: np.ndarray, sizes, pi_plus: float)
   return out
 
 
-def run_case(case: Case, cfg: Config, pi_plus: float, case_index: int = 0) -> dict:
-  dtype = jnp.result_type(float)
-  grid = jnp.asarray(np.logspace(*cfg.grid_log10, cfg.grid_size), dtype)
+# ----------------------------------------------------------------------------- devices
+
+def sharded_repeats(run: Callable, *, batched: tuple[bool, ...]) -> Callable:
+  """`jax.jit(run)` with the repeats (axis 0 of the `batched` arguments) split over devices.
+
+  `run` maps over the repeats itself (lax.map); each device runs it unchanged on its own
+  slice of the batched arguments, the others replicated, so every repeat's numbers are
+  those of one device. The repeats are padded to a device multiple by repeating the last
+  one, and the padding is dropped. On one device this is `jax.jit(run)`.
+
+  Args:
+    run: fn(*args) -> a tree of arrays with the repeats [S] in front.
+    batched: per positional argument of `run`, whether its leading axis is the repeats.
+
+  Returns:
+    A callable of `run`'s arguments returning its results [S, ...] (replicated); its
+    `jitted` attribute is the compiled function (tests: `jitted._cache_size()`).
+  """
+  if jax.device_count() == 1:
+    call = jax.jit(run)
+    call.jitted = call
+    return call
+  call = devices.sharded_map(run, in_axes=tuple(0 if b else None for b in batched))
+  call.jitted = call.run
+  return call
+
+
+def retraining_sets(case: Case, cfg: Config, pi_plus: float,
+                    case_index: int = 0) -> tuple[jax.Array, list]:
+  """The repeats: keys [S] and per_seed, a list of (masks, downsample masks, fold ids), each
+  [K, N]: one entry shared by every repeat (Gaussian: a new pool per key) or S (embeddings).
+  """
   y = case.pool_labels
-  ridges = jnp.asarray(np.asarray(recommend.RIDGE_GRID) * case.variance, dtype)
   keys = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), case_index),
                           cfg.num_seeds)
   rng = np.random.default_rng(cfg.seed)
   if case.draw is not None:            # Gaussian: new pool per repeat, shared masks
     masks = np.asarray(subsample.nested_masks(y, case.sizes, pi_plus=pi_plus))
     down = np.asarray(subsample.downsample_masks(y, masks))
-    per_seed = [(masks, down, fold_ids(y, masks, cfg.folds))]
-  else:                                # embeddings: one pool, random masks per repeat
-    per_seed = []
-    for _ in range(cfg.num_seeds):
-      order = rng.permutation(y.shape[0])
-      masks = random_masks(np.random.default_rng(rng.integers(1 << 31)), y, case.sizes, pi_plus)
-      down = np.asarray(subsample.downsample_masks(y, masks, order=order))
-      per_seed.append((masks, down, fold_ids(y, masks, cfg.folds, order)))
+    return keys, [(masks, down, fold_ids(y, masks, cfg.folds))]
+  per_seed = []                        # embeddings: one pool, random masks per repeat
+  for _ in range(cfg.num_seeds):
+    order = rng.permutation(y.shape[0])
+    masks = random_masks(np.random.default_rng(rng.integers(1 << 31)), y, case.sizes, pi_plus)
+    down = np.asarray(subsample.downsample_masks(y, masks, order=order))
+    per_seed.append((masks, down, fold_ids(y, masks, cfg.folds, order)))
+  return keys, per_seed
+
+
+def sweep(case: Case, cfg: Config, keys: jax.Array, per_seed: list) -> PoolOutput:
+  """Every jitted method (`pool_outputs`) on every repeat and size, repeats split over the
+  devices (`sharded_repeats`).
+
+  Returns:
+    PoolOutput of float64 NumPy arrays [S, K, ...].
+  """
+  dtype = jnp.result_type(float)
+  grid, ridges = _grid_and_ridges(case, cfg)
   stack = lambda i: jnp.asarray(np.stack([p[i] for p in per_seed]))
   masks_s, down_s, folds_s = stack(0).astype(dtype), stack(1).astype(dtype), stack(2)
-  yj = jnp.asarray(y, dtype)
+  yj = jnp.asarray(case.pool_labels, dtype)
   one = functools.partial(pool_outputs, grid=grid, ridge=case.ridge, objective=cfg.objective,
                           folds=cfg.folds, errors_fn=case.errors, ridges=ridges)
 
+  # The repeats (keys; embeddings: also their masks) are split over the devices.
   if case.draw is not None:
     def run(keys, masks, down, fold_rows, pool, eval_data):
       del pool
       return jax.lax.map(lambda key: one(case.draw(key), yj, masks[0], down[0], fold_rows[0],
                                          eval_data), keys)
-    pool = None
+    pool, batched = None, (True, False, False, False, False, False)
   else:
     def run(keys, masks, down, fold_rows, pool, eval_data):
       del keys
       return jax.lax.map(lambda a: one(pool, yj, *a, eval_data), (masks, down, fold_rows))
-    pool = jnp.asarray(case.pool, dtype)
+    pool, batched = jnp.asarray(case.pool, dtype), (True, True, True, True, False, False)
+  out = sharded_repeats(run, batched=batched)(keys, masks_s, down_s, folds_s, pool,
+                                              case.eval_data)
+  return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), out)
 
+
+def _grid_and_ridges(case: Case, cfg: Config) -> tuple[jax.Array, jax.Array]:
+  """The weight grid [G] and the cv_ridge ridges [len(RIDGE_GRID)] in the case's units."""
+  dtype = jnp.result_type(float)
+  return (jnp.asarray(np.logspace(*cfg.grid_log10, cfg.grid_size), dtype),
+          jnp.asarray(np.asarray(recommend.RIDGE_GRID) * case.variance, dtype))
+
+
+def run_case(case: Case, cfg: Config, pi_plus: float, case_index: int = 0) -> dict:
+  grid, ridges = _grid_and_ridges(case, cfg)
+  y = case.pool_labels
+  keys, per_seed = retraining_sets(case, cfg, pi_plus, case_index)
   start = time.perf_counter()
-  out = jax.jit(run)(keys, masks_s, down_s, folds_s, pool, case.eval_data)
-  out = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), out)
+  out = sweep(case, cfg, keys, per_seed)
   sweep_seconds = time.perf_counter() - start
 
   # scikit-learn's RidgeClassifier, one fit per repeat, size and alpha (host loop).

@@ -75,11 +75,12 @@ def test_two_processes_give_the_one_process_answer():
     np.testing.assert_allclose(float(row[-1]), float(single[-1]), rtol=1e-5, atol=1e-5)
 
 
-def _four_device_row(script: str) -> list[str]:
-  """Runs `script` in a fresh process on 4 virtual CPU devices; its RESULT line's fields."""
+def _four_device_row(script: str, *args: str) -> list[str]:
+  """Runs `script` (with sys.argv[1:] = args) in a fresh process on 4 virtual CPU devices;
+  its RESULT line's fields."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-  done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+  done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True,
                         text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
   (row,) = [line.split()[1:] for line in done.stdout.splitlines() if line.startswith("RESULT")]
@@ -185,3 +186,92 @@ def test_sharded_theory_points_equal_one_device_points():
   assert int(row[0]) == 4 and int(row[2]) == 21
   assert float(row[1]) < 1e-5
   assert int(row[3]) == 1                            # new points: no recompilation
+
+
+# Shared by the scripts below: the largest difference between two trees of arrays, NaN where
+# both are NaN counting as equal (a NaN in one only counts 1).
+_DIFF = textwrap.dedent("""
+    def max_diff(a, b):
+      pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b))
+      return max(float(np.max(np.abs(np.nan_to_num(np.asarray(u, float) - np.asarray(v, float))),
+                              initial=0.0))
+                 + float(np.any(np.isnan(np.asarray(u, float)) != np.isnan(np.asarray(v, float))))
+                 for u, v in pairs)
+
+    placed_on = []                                   # devices holding each sharded batch
+    def spy(tree, **kw):
+      out = spy.wrapped(tree, **kw)
+      placed_on.append(len(jax.tree.leaves(out[0])[0].sharding.device_set))
+      return out
+    spy.wrapped = devices.shard_batch
+""")
+
+_BOOTSTRAP = textwrap.dedent("""
+    import sys
+    import thumb_jax
+    from unittest import mock
+    import jax, numpy as np
+    from thumb_jax import devices, recommend
+""") + _DIFF + textwrap.dedent("""
+    rng = np.random.default_rng(0)
+    y = np.where(np.arange(90) % 5 == 0, 1, 0)
+    x = rng.normal(size=(90, 12)) + 0.8 * y[:, None]
+    # B = 6 on 4 devices: padded to 8, each device batches its 2 (one device: 6 in 4s).
+    kw = dict(bootstrap=6, batch_size=4, ridge="auto", model=sys.argv[1])
+    with mock.patch.object(devices, "shard_batch", spy):
+      many = recommend.recommend_weight(x, y, **kw)                   # sharded
+      recommend.recommend_weight(x + 0.1 * rng.normal(size=x.shape), y, **kw)   # new data
+    with mock.patch.object(jax, "device_count", lambda: 1):
+      one = recommend.recommend_weight(x, y, **kw)                    # the one-device path
+    fields = ("bootstrap_weights", "bootstrap_ridges", "bootstrap_downsample",
+              "bootstrap_values")
+    get = lambda r: [getattr(r, f) for f in fields] + [r.interval, r.ridge_interval]
+    print("RESULT", jax.device_count(), max_diff(get(one), get(many)),
+          many.bootstrap_weights.shape[0], min(placed_on),
+          recommend._bootstrap_on_mesh()._cache_size(),
+          int(np.sum(np.isfinite(many.bootstrap_weights))))
+""")
+
+
+@pytest.mark.parametrize("model", ["isotropic", "general"])
+def test_sharded_bootstrap_equals_one_device_bootstrap(model):
+  """recommend_weight's B = 6 resamples split over 4 devices (padded, padding dropped)."""
+  row = _four_device_row(_BOOTSTRAP, model)
+  assert int(row[0]) == 4 and int(row[2]) == 6
+  assert float(row[1]) < 1e-5
+  assert int(row[3]) == 4                            # the keys are split over all 4 devices
+  assert int(row[4]) == 1                            # new data: no recompilation
+  assert int(row[5]) == 6                            # every resample defined (a real check)
+
+
+_RECOMMEND_VALIDATE = textwrap.dedent("""
+    import thumb_jax
+    from unittest import mock
+    import jax, numpy as np
+    from experiments import recommend_validate as rv
+    from thumb_jax import devices
+""") + _DIFF + textwrap.dedent("""
+    cfg = rv.Config(d=8, deltas=(0.25, 1.0), num_seeds=6, grid_size=8, folds=3)   # 6 repeats
+    case = rv.gaussian_case(cfg, "isotropic")
+    keys, per_seed = rv.retraining_sets(case, cfg, cfg.pi_plus)
+    with mock.patch.object(devices, "shard_batch", spy):
+      many = rv.sweep(case, cfg, keys, per_seed)                      # repeats sharded
+    with mock.patch.object(jax, "device_count", lambda: 1):
+      one = rv.sweep(case, cfg, keys, per_seed)                       # the one-device path
+    # The helper compiles once for new repeats of the same shapes.
+    draw = lambda k, s: jax.lax.map(lambda key: s * jax.random.normal(key, (3,)), k)
+    fn = rv.sharded_repeats(draw, batched=(True, False))
+    fn(jax.random.split(jax.random.key(0), 6), 2.0)
+    fn(jax.random.split(jax.random.key(1), 6), 3.0)
+    print("RESULT", jax.device_count(), max_diff(one, many), many.weights.shape[0],
+          min(placed_on), fn.jitted._cache_size())
+""")
+
+
+def test_sharded_recommend_validate_equals_one_device():
+  """recommend_validate's jitted sweep with its 6 repeats split over 4 devices."""
+  row = _four_device_row(_RECOMMEND_VALIDATE)
+  assert int(row[0]) == 4 and int(row[2]) == 6
+  assert float(row[1]) < 1e-5
+  assert int(row[3]) == 4                            # the repeats are split over all 4 devices
+  assert int(row[4]) == 1                            # new repeats: no recompilation

@@ -119,7 +119,17 @@ def shard_batch(tree, *, mesh_: Mesh | None = None) -> tuple[Any, int]:
 
 def sharded_vmap(fn: Callable, *, in_axes: Any = 0, mesh_: Mesh | None = None,
                  static_argnames: tuple[str, ...] = ()) -> Callable:
-  """`jit(vmap(fn, in_axes))` with the batch axis sharded over all devices.
+  """`jit(vmap(fn, in_axes))` with the batch axis sharded over all devices (`sharded_map`
+  of the vmapped fn)."""
+  return sharded_map(fn, in_axes=in_axes, mesh_=mesh_, static_argnames=static_argnames,
+                     vmap=True)
+
+
+def sharded_map(fn: Callable, *, in_axes: Any = 0, mesh_: Mesh | None = None,
+                static_argnames: tuple[str, ...] = (), vmap: bool = False) -> Callable:
+  """`jit(fn)` for an fn that maps over the leading axis of its batched arguments itself
+  (a lax.map of independent items), with that axis sharded over all devices: each device
+  runs fn on its own slice. With vmap=True fn is one item and is vmapped per device.
 
   Args:
     fn: a pure function of arrays (positional) and static keyword arguments.
@@ -127,10 +137,13 @@ def sharded_vmap(fn: Callable, *, in_axes: Any = 0, mesh_: Mesh | None = None,
       replicated on every device); a single 0 batches every argument.
     mesh_: the mesh (default: `mesh()`).
     static_argnames: keyword arguments passed to `fn` unchanged (hashable).
+    vmap: vmap fn over the batch on each device (False: fn takes the device's batch).
 
   Returns:
     A callable with fn's positional arguments (and static keywords) whose outputs have
-    the batch axis in front, unpadded, as NumPy-convertible replicated jax arrays.
+    the batch axis in front, unpadded, as NumPy-convertible replicated jax arrays. The
+    batch is padded to a device multiple by repeating its last item, and the padding
+    dropped.
 
   Raises:
     ValueError: batched arguments disagree on the batch size, or it is 0.
@@ -143,7 +156,9 @@ def sharded_vmap(fn: Callable, *, in_axes: Any = 0, mesh_: Mesh | None = None,
     # shard_map: each device vmaps over its own slice of the batch (the math per element
     # is untouched, and loops inside fn never run over the sharded axis).
     spec = tuple(P(BATCH) if ax == 0 else P() for ax in axes(len(args)))
-    local = lambda *a: jax.vmap(functools.partial(fn, **static), in_axes=axes(len(a)))(*a)
+    local = functools.partial(fn, **static)
+    if vmap:
+      local = jax.vmap(local, in_axes=axes(len(args)))
     # check_vma=False: every output is split over the batch axis anyway, and the check
     # rejects loops whose initial carry is a constant while the body's values vary per
     # device (the fixed points of `anisotropic.class_errors`).
@@ -157,7 +172,7 @@ def sharded_vmap(fn: Callable, *, in_axes: Any = 0, mesh_: Mesh | None = None,
     batched = [a for a, ax in zip(args, axes(len(args))) if ax == 0]
     sizes = {np.shape(leaf)[0] for a in batched for leaf in jax.tree_util.tree_leaves(a)}
     if len(sizes) != 1 or 0 in sizes:
-      raise ValueError(f"sharded_vmap: batched arguments need one common, non-zero leading "
+      raise ValueError(f"sharded_map: batched arguments need one common, non-zero leading "
                        f"size, got {sorted(sizes)}")
     size = sizes.pop()
     placed = [shard_batch(a, mesh_=the_mesh)[0] if ax == 0

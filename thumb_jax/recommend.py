@@ -26,13 +26,14 @@ ridge) with the lowest predicted objective, with the predicted errors of all of 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from thumb_jax import _checks, general_plug_in, lls, metrics, platform, theory
+from thumb_jax import _checks, devices, general_plug_in, lls, metrics, platform, theory
 from thumb_jax.general_plug_in import METHODS, Choice, Options, choose, option_values  # noqa: F401
 from thumb_jax.metrics import ClassErrors
 from thumb_jax.mixture import GaussianMixture
@@ -387,8 +388,33 @@ def _bootstrap(keys, x, is_plus, index_plus, index_minus, ridges, method_index, 
   return jax.tree.map(lambda v: v[:num], out)
 
 
-_bootstrap_jit = jax.jit(_bootstrap, static_argnames=(
-    "model", "dimension", "objective", "log10_range", "batch_size"))
+_BOOTSTRAP_STATIC = ("model", "dimension", "objective", "log10_range", "batch_size")
+_bootstrap_jit = jax.jit(_bootstrap, static_argnames=_BOOTSTRAP_STATIC)
+
+
+@functools.cache
+def _bootstrap_on_mesh() -> Callable:
+  """`_bootstrap` with the keys [B'] split over `devices.mesh()` (`devices.sharded_map`):
+  each device runs it, with its lax.map in batches, on its own slice of the resamples; the
+  other inputs are replicated. The resamples are independent, so every one's math is that
+  of one device."""
+  return devices.sharded_map(_bootstrap, in_axes=(0,) + (None,) * 7,
+                             static_argnames=_BOOTSTRAP_STATIC)
+
+
+def _bootstrap_sharded(keys, *shared, batch_size, **static) -> _Resampled:
+  """`_bootstrap_jit` with the B resamples sharded over every device of `devices.mesh()`.
+
+  B is padded to a device multiple (the last key repeated) and the padding dropped; each
+  device batches its share by min(batch_size, share). Across processes every process
+  passes the same inputs.
+
+  Returns:
+    _Resampled [B] (jax arrays, replicated).
+  """
+  count = jax.device_count()
+  per_device = devices.padded_size(keys.shape[0], count) // count
+  return _bootstrap_on_mesh()(keys, *shared, batch_size=min(batch_size, per_device), **static)
 
 
 def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
@@ -459,7 +485,8 @@ def recommend_weight(features, labels, *, ridge: float | str = 0.0, objective: s
     seed: seed of the bootstrap.
     level: level of the percentile intervals, in (0, 1).
     log10_range: weights searched, 10**lo to 10**hi.
-    batch_size: resamples evaluated together (memory ~ batch_size * n * d).
+    batch_size: resamples evaluated together (memory ~ batch_size * n * d); with several
+      devices the B resamples are split over them and each device batches its own share.
 
   Returns:
     Recommendation.
@@ -586,7 +613,9 @@ def recommend_weight(features, labels, *, ridge: float | str = 0.0, objective: s
     index_plus = jnp.asarray(np.flatnonzero(y > 0))
     index_minus = jnp.asarray(np.flatnonzero(y < 0))
     keys = jax.random.split(jax.random.key(seed), bootstrap)
-    resampled = _bootstrap_jit(
+    # With several devices the resamples are split over them (same numbers per resample).
+    bootstrap_fn = _bootstrap_sharded if jax.device_count() > 1 else _bootstrap_jit
+    resampled = bootstrap_fn(
         keys, feats, is_plus, index_plus, index_minus, ridges_j, m_index, r_index,
         model=model, dimension=dimension if model == "isotropic" else "participation",
         objective=objective, log10_range=tuple(log10_range),
