@@ -5,8 +5,8 @@
 For each image size (`image_sizes`, with the matching entry of `batch_sizes`) the model of
 `thumb_jax.images.resnet` is traced once with its modules intercepted, which lists every
 convolution and batch norm the training step runs, with its input shape and the module
-itself (so also its lowering: `conv_small_spatial_as_matmul` takes patches @ kernel for
-<= `resnet.SMALL_SPATIAL` positions on CPU, the stem is a plain `lax.conv`). Equal shapes are
+itself (so also its lowering: `cpu_ops.conv` takes patches @ kernel for the small shapes of
+`cpu_ops.conv_lowering` on CPU, the stem is a plain `lax.conv`). Equal shapes are
 merged and counted. Each distinct op is then timed in isolation, float32, after compilation:
 
   * convolutions: the Flax module applied to an NHWC input (the model's own op and
@@ -51,7 +51,7 @@ import optax
 
 from experiments import common
 from thumb_jax import platform
-from thumb_jax.images import resnet
+from thumb_jax.images import cpu_ops, resnet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,12 +157,12 @@ def conv_op(module: nn.Conv) -> Callable[[jax.Array, jax.Array], jax.Array]:
 
 
 def lowering(module: nn.Conv, x_shape: Sequence[int]) -> str:
-  """'patches@kernel' where the model's conv runs as one matmul, else 'lax.conv'."""
+  """'im2col' where the model's conv runs as patches @ kernel, else 'lax.conv'."""
   kernel = jax.ShapeDtypeStruct((*module.kernel_size, x_shape[-1], module.features), jnp.float32)
   jaxpr = jax.make_jaxpr(conv_op(module))(jax.ShapeDtypeStruct(tuple(x_shape), jnp.float32),
                                           kernel)
   names = {eqn.primitive.name for eqn in jaxpr.jaxpr.eqns}
-  return "patches@kernel" if "dot_general" in names else "lax.conv"
+  return "im2col" if "dot_general" in names else "lax.conv"
 
 
 def _pads(module: nn.Conv) -> tuple[int, int]:
@@ -322,7 +322,7 @@ def bn_relu_case(calls: Sequence[Call], *, torch=None, rng: np.random.Generator)
 def maxpool_case(shape: Sequence[int], *, torch=None, rng: np.random.Generator) -> Case:
   """The stem's 3x3/2 max pool (pad 1), forward and forward + backward."""
   x_np = _normal(rng, tuple(shape))
-  fwd = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  fwd = lambda x: cpu_ops.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
   x = jax.device_put(x_np)
   g = jax.device_put(np.ones(jax.eval_shape(fwd, x).shape, np.float32))
   fns = {"fwd": (fwd, (x,)), "fwd_bwd": (lambda x, g: _value_and_vjp(fwd, g, x), (x, g))}

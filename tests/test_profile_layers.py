@@ -9,7 +9,7 @@ import pytest
 from jax import lax
 
 from experiments import profile_layers
-from thumb_jax.images import resnet
+from thumb_jax.images import cpu_ops, resnet
 
 
 def _tiny_calls():
@@ -38,8 +38,10 @@ def test_timed_conv_is_the_models_conv():
     case = profile_layers.conv_case(members, stem=key[-1], cfg=cfg,
                                     rng=np.random.default_rng(i))
     spatial = members[0].x.shape[1] * members[0].x.shape[2]
-    small = jax.default_backend() == "cpu" and spatial <= resnet.SMALL_SPATIAL and not key[-1]
-    assert case.info["lowering"] == ("patches@kernel" if small else "lax.conv")
+    strided = members[0].module.strides not in (None, 1, (1, 1))
+    small = spatial <= cpu_ops.SMALL_SPATIAL or (strided and spatial <= cpu_ops.SMALL_STRIDED)
+    small = jax.default_backend() == "cpu" and small and not key[-1]
+    assert case.info["lowering"] == ("im2col" if small else "lax.conv")
     lowerings.add(case.info["lowering"])
     fwd, _ = case.jax["fwd"]
     for call in members:
@@ -61,7 +63,7 @@ def test_timed_conv_is_the_models_conv():
       assert matmuls[0].fn().shape == (b * ho * wo, cout)
       assert case.flops["fwd"] == 2 * b * ho * wo * kh * kw * cin * cout
   if jax.default_backend() == "cpu":
-    assert lowerings == {"lax.conv", "patches@kernel"}
+    assert lowerings == {"lax.conv", "im2col"}
 
 
 def test_quick_run_writes_rows(tmp_path):

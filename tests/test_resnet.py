@@ -2,13 +2,14 @@
 
 import sys
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from thumb_jax import platform
-from thumb_jax.images import resnet, torch_convert
+from thumb_jax.images import cpu_ops, resnet, torch_convert
 
 STAGES34 = (3, 4, 6, 3)
 
@@ -213,20 +214,54 @@ def test_checkpoint_file_errors_name_the_problem(tmp_path, monkeypatch, problem,
 
 
 @pytest.mark.parametrize("spatial,kernel,stride", [(2, 3, 1), (2, 3, 2), (1, 3, 1), (2, 1, 2),
-                                                   (4, 3, 2)])
-def test_small_spatial_conv_equals_lax_conv(spatial, kernel, stride):
-  """The CPU matmul path for tiny images is the same convolution (and larger ones use lax)."""
+                                                   (4, 3, 2), (4, 1, 2), (3, 3, 2), (4, 3, 1),
+                                                   (8, 3, 2)])
+def test_cpu_conv_equals_lax_conv_values_and_gradients(spatial, kernel, stride):
+  """The CPU im2col path is the same convolution, values and both gradients (and larger
+  or stride-1 4x4 images use lax); on other backends it is lax.conv itself."""
   rng = np.random.default_rng(0)
   x = rng.normal(size=(3, spatial, spatial, 16)).astype(np.float32)
   w = rng.normal(size=(kernel, kernel, 16, 24)).astype(np.float32)
   pad = ((kernel // 2, kernel // 2),) * 2
   args = ((stride, stride), pad)
   dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
-  want = jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=dims)
-  got = jax.jit(lambda x, w: resnet.conv_small_spatial_as_matmul(
-      x, w, *args, dimension_numbers=dims))(x, w)
+  plain = lambda x, w: jax.lax.conv_general_dilated(x, w, *args, dimension_numbers=dims)
+  ours = lambda x, w: cpu_ops.conv(x, w, *args, dimension_numbers=dims)
+  want, want_vjp = jax.vjp(plain, x, w)
+  got, got_vjp = jax.jit(lambda x, w: jax.vjp(ours, x, w))(x, w)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  jaxpr = str(jax.make_jaxpr(lambda x, w: resnet.conv_small_spatial_as_matmul(
-      x, w, *args, dimension_numbers=dims))(x, w))
-  matmul = jax.default_backend() == "cpu" and spatial ** 2 <= resnet.SMALL_SPATIAL
-  assert ("dot_general" in jaxpr) == matmul
+  g = rng.normal(size=want.shape).astype(np.float32)
+  for a, b in zip(got_vjp(g), want_vjp(g)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  jaxpr = str(jax.make_jaxpr(ours)(x, w))
+  small = spatial ** 2 <= cpu_ops.SMALL_SPATIAL or (stride > 1
+                                                     and spatial ** 2 <= cpu_ops.SMALL_STRIDED)
+  im2col = jax.default_backend() == "cpu" and small
+  assert ("dot_general" in jaxpr) == im2col
+  assert cpu_ops.conv_lowering(x.shape, w.shape, (stride, stride)) == (
+      "im2col" if im2col else "lax.conv")
+
+
+def test_cpu_conv_uses_only_taps_that_touch_the_image():
+  """A 3x3 conv (pad 1) on a 1x1 image is one matmul with the centre tap: [B, Cin] @ [Cin, Cout]."""
+  x = jnp.ones((2, 1, 1, 8))
+  w = jnp.ones((3, 3, 8, 4))
+  jaxpr = jax.make_jaxpr(lambda x, w: cpu_ops.conv_im2col(x, w, (1, 1), ((1, 1), (1, 1))))(x, w)
+  dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+  assert [tuple(v.aval.shape) for v in dots[0].invars] == [(2, 1, 1, 8), (8, 4)]
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_cpu_max_pool_equals_flax_values_and_gradients(ties):
+  """The slices-and-pads max pool equals nn.max_pool, gradient included; with ties (ReLU
+  zeros, repeated values) the gradient goes to the same element as XLA's."""
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 9, 8, 5)).astype(np.float32)
+  if ties:
+    x = np.maximum(np.round(x), 0.0)  # many equal values in each window
+  kw = dict(strides=(2, 2), padding=((1, 1), (1, 1)))
+  want, want_vjp = jax.vjp(lambda x: nn.max_pool(x, (3, 3), **kw), x)
+  got, got_vjp = jax.jit(lambda x: jax.vjp(lambda x: cpu_ops.max_pool(x, (3, 3), **kw), x))(x)
+  np.testing.assert_array_equal(got, want)
+  g = rng.normal(size=want.shape).astype(np.float32)
+  np.testing.assert_allclose(got_vjp(g)[0], want_vjp(g)[0], rtol=1e-6, atol=1e-6)

@@ -31,47 +31,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
+
+from thumb_jax.images import cpu_ops
 
 # torchvision initializes convs with kaiming_normal_(mode="fan_out", nonlinearity="relu").
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-# Inputs with at most this many spatial positions are convolved as patches @ kernel on CPU.
-SMALL_SPATIAL = 4
-
-
-def conv_small_spatial_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                                 rhs_dilation=None, dimension_numbers=None,
-                                 feature_group_count=1, precision=None, **kwargs):
-  """`lax.conv_general_dilated`, computed as one matmul for tiny images on CPU.
-
-  XLA:CPU's convolution is very slow when the spatial extent is tiny and the channels are
-  many, as in a ResNet34's last two stages at 32 px (2x2 and 1x1) and 64 px (4x4 and 2x2)
-  inputs; patches @ kernel is much faster there (README, "Design choices"), while for
-  larger images the native convolution wins. So only inputs with at most `SMALL_SPATIAL`
-  positions take the matmul, and only on CPU.
-
-  Same arguments and result as `lax.conv_general_dilated` (NHWC / HWIO layouts, no
-  dilation or groups for the matmul path); a drop-in `conv_general_dilated` for nn.Conv.
-  """
-  dims = dimension_numbers
-  plain = (feature_group_count == 1 and lhs_dilation in (None, (1, 1))
-           and rhs_dilation in (None, (1, 1)) and lhs.ndim == 4
-           and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dims)
-           == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))
-  if not (plain and jax.default_backend() == "cpu"
-          and lhs.shape[1] * lhs.shape[2] <= SMALL_SPATIAL):
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
-                                    rhs_dilation, dims, feature_group_count,
-                                    precision=precision, **kwargs)
-  kh, kw, cin, cout = rhs.shape
-  # Patch features are channel-major: index c * kh * kw + i * kw + j.
-  patches = lax.conv_general_dilated_patches(lhs, (kh, kw), window_strides, padding,
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                             precision=precision)
-  kernel = jnp.transpose(rhs, (2, 0, 1, 3)).reshape(cin * kh * kw, cout)
-  return jnp.dot(patches, kernel, precision=precision)
-
 
 class BasicBlock(nn.Module):
   """Two 3x3 convs with a residual connection (torchvision `BasicBlock`).
@@ -89,7 +53,7 @@ class BasicBlock(nn.Module):
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """x [B, H, W, C] -> [B, H / strides, W / strides, filters]."""
     conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=_conv_init,
-                   conv_general_dilated=conv_small_spatial_as_matmul)
+                   conv_general_dilated=cpu_ops.conv)
     norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                    epsilon=1e-5, dtype=self.dtype)
     s = self.strides
@@ -125,7 +89,7 @@ class Backbone(nn.Module):
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      dtype=self.dtype, name="bn1")(x)
     x = nn.relu(x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = cpu_ops.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for s, num_blocks in enumerate(self.stage_sizes):
       for i in range(num_blocks):
         strides = 2 if s > 0 and i == 0 else 1
