@@ -22,11 +22,12 @@ The one note (README, "Platform notes", has the measurements):
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
 
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 XLA_CPU_FLAGS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
 ASYNC_DISPATCH_ENV = "JAX_CPU_ENABLE_ASYNC_DISPATCH"  # set it (true/false) to choose yourself
@@ -128,4 +129,12 @@ def sequential_cpu_decompositions() -> None:
 
 def single_threaded_blas():
   """A context limiting BLAS libraries (OpenBLAS behind CPU LAPACK) to one thread."""
-  return threadpool_limits(1, user_api="blas")
+  return _blas_controller(len(sys.modules)).limit(limits=1, user_api="blas")
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller(num_modules: int) -> ThreadpoolController:
+  # Finding the loaded libraries reads /proc/self/maps (~3 ms, as long as a whole plug-in
+  # recommendation); done again only when new modules (which may load a BLAS) were imported.
+  del num_modules
+  return ThreadpoolController()
