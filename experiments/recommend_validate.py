@@ -82,7 +82,7 @@ from experiments.recommend_validate_methods import (
   time_methods,
 )
 from experiments.report import interval_dict
-from thumb_jax import devices, embedding_files, lls, metrics, recommend, simulate, subsample
+from thumb_jax import devices, embedding_files, io, lls, metrics, recommend, simulate, subsample
 from thumb_jax import mixture as mixture_lib
 from thumb_jax.metrics import ClassErrors
 
@@ -436,6 +436,42 @@ def method_intervals(case: Case, cfg: Config, out: PoolOutput, sk: dict, timings
           "num_seeds": cfg.num_seeds, "sweep_seconds": sweep_seconds, "methods": methods}
 
 
+# ----------------------------------------------------------------------------- resume
+
+def _flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
+  """A nested dict of arrays / numbers / strings as {"a/b/c": array}."""
+  if isinstance(tree, dict):
+    flat = {}
+    for k, v in tree.items():
+      if "/" in str(k):
+        raise ValueError(f"cannot store the key {k!r}: it contains '/'")
+      flat.update(_flatten(v, f"{prefix}{k}/"))
+    return flat
+  return {prefix[:-1]: np.asarray(tree)}
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+  """Inverse of `_flatten` (0-d numbers come back as Python numbers, strings as str)."""
+  tree: dict = {}
+  for path, value in flat.items():
+    *parents, leaf = path.split("/")
+    node = tree
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value.item() if value.ndim == 0 else value
+  return tree
+
+
+def cached_case(path: Path, compute: Callable[[], dict], *, key: dict) -> tuple[dict, bool]:
+  """One case's results, from `path` when it was written for exactly `key` (the config,
+  the case, its embedding folder, the device count), else computed and written there
+  atomically: an interrupted run resumes at the first case it had not finished."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  flat, cached = io.cached_arrays(path, key, lambda: _flatten(compute()),
+                                  writer=devices.is_main_process())
+  return _unflatten(flat), cached
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
   cfg, out = common.parse_args(argv, config(), quick=quick, description=__doc__,
                                flags=("embeddings",))
@@ -443,17 +479,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
   common.positive_ints(cfg, "num_seeds", "d", "grid_size", "folds", minimum=2)
   common.positive_ints(cfg, "timing_repeats", minimum=0)
   simulate.sizes_for(cfg.deltas, cfg.d)
-  results = {}
   for name in cfg.cases:
     if name not in ("isotropic", "anisotropic"):
       raise ValueError(f"cases: expected isotropic / anisotropic, got {name!r}")
-    results[name] = run_case(gaussian_case(cfg, name), cfg, cfg.pi_plus,
-                             ("isotropic", "anisotropic").index(name))
   folders = [f for f in cfg.embeddings.split(",") if f]
-  for i, folder in enumerate(folders):
-    name = "embeddings" if len(folders) == 1 else f"emb_{Path(folder.rstrip('/')).name}"
-    case, pi = embedding_case(cfg, folder, name)
-    results[name] = run_case(case, cfg, pi, 2 + i)
+  jobs = [(name, i, None) for i, name in enumerate(cfg.cases)]
+  jobs += [("embeddings" if len(folders) == 1 else f"emb_{Path(folder.rstrip('/')).name}",
+            2 + i, folder) for i, folder in enumerate(folders)]
+  results = {}
+  for name, index, folder in common.progress(jobs, desc="cases"):
+    start = time.perf_counter()
+
+    def compute(name=name, index=index, folder=folder):
+      if folder is None:
+        return run_case(gaussian_case(cfg, name), cfg, cfg.pi_plus, index)
+      case, pi = embedding_case(cfg, folder, name)
+      return run_case(case, cfg, pi, index)
+
+    results[name], cached = cached_case(out / "cases" / f"{name}.npz", compute, key={
+        "config": cfg, "case": name, "index": index,
+        "folder": None if folder is None else str(Path(folder).resolve()),
+        "devices": jax.device_count()})
+    print(f"case {name}: {'cached' if cached else 'computed'} in "
+          f"{time.perf_counter() - start:.1f} s", flush=True)
   for name, r in results.items():
     report.plot_case(r, out / f"{name}.png")
     print(report.table(r), flush=True)

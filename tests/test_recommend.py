@@ -330,3 +330,25 @@ def test_recommend_validate_main_smoke(tmp_path):
   for case in payload["results"].values():
     for method, m in case["methods"].items():
       assert all(v is not None and 0 <= v <= 1 for v in m["worst"]["mean"]), (method, m["worst"])
+
+
+def test_recommend_validate_resumes_finished_cases(tmp_path, monkeypatch):
+  """A rerun with the same config reads each finished case back (no recomputation) and
+  writes the same results; another config recomputes."""
+  from experiments import recommend_validate
+  args = ["--out", str(tmp_path), "--quick", "--set", "cases=isotropic", "--set", "d=16",
+          "--set", "deltas=0.25", "--set", "num_seeds=2", "--set", "folds=2",
+          "--set", "timing_repeats=0", "--set", "grid_size=6"]
+  recommend_validate.main(args)
+  first = json.loads((tmp_path / "results.json").read_text())["results"]
+  assert (tmp_path / "cases" / "isotropic.npz").is_file()
+
+  def fail(*a, **k):
+    raise AssertionError("a finished case was computed again")
+
+  monkeypatch.setattr(recommend_validate, "run_case", fail)
+  recommend_validate.main(args)
+  again = json.loads((tmp_path / "results.json").read_text())["results"]
+  assert again == first
+  with pytest.raises(AssertionError, match="computed again"):
+    recommend_validate.main(args[:-2] + ["--set", "grid_size=7"])

@@ -53,11 +53,10 @@ def _explicit_pads(padding) -> Pads | None:
   return pads if len(pads) == 2 and min(min(p) for p in pads) >= 0 else None
 
 
-def conv_lowering(x_shape: Sequence[int], kernel_shape: Sequence[int],
-                  strides: Sequence[int]) -> str:
-  """'im2col' where `conv` computes this NHWC x HWIO convolution as patches @ kernel on
-  CPU, else 'lax.conv'. The thresholds are the measured crossovers (README)."""
-  del kernel_shape
+def conv_lowering(x_shape: Sequence[int], strides: Sequence[int]) -> str:
+  """'im2col' where `conv` computes a convolution of an NHWC input of this shape as
+  patches @ kernel on CPU, else 'lax.conv'. The thresholds are the measured crossovers
+  (README, "Speed")."""
   positions = x_shape[1] * x_shape[2]
   small = positions <= SMALL_SPATIAL or (max(strides) > 1 and positions <= SMALL_STRIDED)
   return "im2col" if small and _on_cpu() else "lax.conv"
@@ -112,7 +111,7 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
            and rhs_dilation in (None, (1, 1)) and lhs.ndim == 4 and pads is not None
            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dims)
            == lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))
-  if plain and conv_lowering(lhs.shape, rhs.shape, window_strides) == "im2col":
+  if plain and conv_lowering(lhs.shape, window_strides) == "im2col":
     return conv_im2col(lhs, rhs, tuple(window_strides), pads, precision=precision)
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                   rhs_dilation, dims, feature_group_count,
