@@ -308,8 +308,9 @@ def test_cli_unreadable_npz_exits_2_with_one_line_naming_the_file(tmp_path, caps
   assert err.count("\n") == 1 and str(path) in err and "cannot read" in err
 
 
-def test_recommend_validate_main_smoke(tmp_path):
-  """The validation entry point end to end: Gaussian case and a fake embeddings folder."""
+def test_recommend_validate_main_smoke(tmp_path, monkeypatch):
+  """The validation entry point end to end on a fake embeddings folder; a rerun reads the
+  finished case back (no recomputation, same results), another config recomputes."""
   from experiments import recommend_validate
   x, y = _draw(5, 400, 12)
   order = np.random.default_rng(0).permutation(400)      # the sampler puts class +1 first
@@ -319,10 +320,10 @@ def test_recommend_validate_main_smoke(tmp_path):
   for split, rows in (("val", slice(0, 300)), ("test", slice(300, None))):
     np.savez(emb / f"{split}.npz", embeddings=x[rows], labels=np.where(y[rows] > 0, 7, 2))
   out = tmp_path / "out"
-  results = recommend_validate.main(
-      ["--out", str(out), "--quick", "--embeddings", str(emb), "--set", "cases=",
-       "--set", "deltas=0.2,0.5", "--set", "num_seeds=2", "--set", "d=16", "--set", "folds=2",
-       "--set", "grid_size=8", "--set", "timing_repeats=1"])
+  args = ["--out", str(out), "--quick", "--embeddings", str(emb), "--set", "cases=",
+          "--set", "deltas=0.2,0.5", "--set", "num_seeds=2", "--set", "d=16", "--set", "folds=2",
+          "--set", "grid_size=8", "--set", "timing_repeats=1"]
+  results = recommend_validate.main(args)
   assert set(results) == {"embeddings"}     # the Gaussian cases: test_experiments_gaussian.py
   for name in ("results.json", "results.csv", "embeddings.png", "timing.png"):
     assert (out / name).is_file(), name
@@ -330,25 +331,13 @@ def test_recommend_validate_main_smoke(tmp_path):
   for case in payload["results"].values():
     for method, m in case["methods"].items():
       assert all(v is not None and 0 <= v <= 1 for v in m["worst"]["mean"]), (method, m["worst"])
-
-
-def test_recommend_validate_resumes_finished_cases(tmp_path, monkeypatch):
-  """A rerun with the same config reads each finished case back (no recomputation) and
-  writes the same results; another config recomputes."""
-  from experiments import recommend_validate
-  args = ["--out", str(tmp_path), "--quick", "--set", "cases=isotropic", "--set", "d=16",
-          "--set", "deltas=0.25", "--set", "num_seeds=2", "--set", "folds=2",
-          "--set", "timing_repeats=0", "--set", "grid_size=6"]
-  recommend_validate.main(args)
-  first = json.loads((tmp_path / "results.json").read_text())["results"]
-  assert (tmp_path / "cases" / "isotropic.npz").is_file()
+  assert (out / "cases" / "embeddings.npz").is_file()
 
   def fail(*a, **k):
     raise AssertionError("a finished case was computed again")
 
   monkeypatch.setattr(recommend_validate, "run_case", fail)
   recommend_validate.main(args)
-  again = json.loads((tmp_path / "results.json").read_text())["results"]
-  assert again == first
+  assert json.loads((out / "results.json").read_text())["results"] == payload["results"]
   with pytest.raises(AssertionError, match="computed again"):
-    recommend_validate.main(args[:-2] + ["--set", "grid_size=7"])
+    recommend_validate.main(args[:-2] + ["--set", "timing_repeats=0"])
