@@ -54,7 +54,7 @@ class Shortcut(NamedTuple):
                                 # for its own weight (the shortcut's promise)
 
 
-_isotropic_class_errors = jax.jit(theory.class_errors)
+_isotropic_class_errors = devices.sharded_grid(theory.class_errors)
 
 
 def as_jnp(mixture: an.CovarianceMixture) -> an.CovarianceMixture:

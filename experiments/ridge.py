@@ -22,7 +22,7 @@ import numpy as np
 
 from experiments import common, report
 from experiments.report import plt
-from thumb_jax import simulate, subsample, theory
+from thumb_jax import devices, simulate, subsample, theory
 from thumb_jax.metrics import ClassErrors
 from thumb_jax.mixture import GaussianMixture
 
@@ -44,7 +44,7 @@ class Config:
 
 
 # The theory, compiled once per shape (every study jitting the same function shares it).
-class_errors = jax.jit(theory.class_errors)
+class_errors = devices.sharded_grid(theory.class_errors)  # points over all devices
 interpolator_class_errors = jax.jit(theory.interpolator_class_errors)
 
 

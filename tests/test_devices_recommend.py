@@ -1,6 +1,7 @@
-"""Sharded recommendation sweeps equal their one-device results on 4 virtual devices:
-the general theory's points, the recommendation's bootstrap and recommend_validate's
-repeats (split from test_devices.py so the two files run on different pytest workers).
+"""Sharded theory grids and recommendation sweeps equal their one-device results on 4
+virtual devices: the isotropic theory grid, the general theory's points, the
+recommendation's bootstrap and recommend_validate's repeats (split from test_devices.py
+so the two files run on different pytest workers).
 """
 
 import textwrap
@@ -128,3 +129,30 @@ def test_sharded_recommend_validate_equals_one_device():
   assert float(row[1]) < 1e-5
   assert int(row[3]) == 4                            # the repeats are split over all 4 devices
   assert int(row[4]) == 1                            # new repeats: no recompilation
+
+
+_ISOTROPIC_GRID = textwrap.dedent("""
+    import thumb_jax
+    import jax, numpy as np
+    from thumb_jax import GaussianMixture, devices, theory
+
+    mix = GaussianMixture.symmetric(pi_plus=0.1, mean_norm=2.0)
+    deltas = np.linspace(0.1, 0.9, 7)[:, None]                 # 7 x 5 = 35 points: padded
+    weights = np.geomspace(1.0, 100.0, 5)[None, :]
+    grid = devices.sharded_grid(theory.class_errors)
+    got = grid(mix, deltas, weights)                           # sharded (4 devices)
+    want = jax.jit(theory.class_errors)(mix, deltas, weights)   # the one-device path
+    diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+               for a, b in zip(got, want))
+    grid(mix, deltas * 1.05, weights)                          # new points, same shapes
+    print("RESULT", jax.device_count(), diff, "x".join(map(str, got.err_plus.shape)),
+          sum(f.run._cache_size() for f in grid.sharded.values()))
+""")
+
+
+def test_sharded_isotropic_theory_grid_equals_one_device_grid():
+  """The isotropic theory on a 7 x 5 (delta, weight) grid with its 35 points over 4 devices."""
+  row = four_device_row(_ISOTROPIC_GRID)
+  assert int(row[0]) == 4 and row[2] == "7x5"
+  assert float(row[1]) < 1e-6
+  assert int(row[3]) == 1                            # new points: no recompilation

@@ -186,6 +186,35 @@ def sharded_map(fn: Callable, *, in_axes: Any = 0, mesh_: Mesh | None = None,
   return call
 
 
+def sharded_grid(fn: Callable) -> Callable:
+  """`jit(fn)` for an elementwise fn(params, *arrays) over broadcastable arrays (a theory
+  grid), with the points sharded over all devices when there are several.
+
+  With one device a call is exactly `jax.jit(fn)`'s. Otherwise the arrays are broadcast to
+  their common shape S and flattened, the points split over the mesh (`sharded_vmap`,
+  padded by repetition, padding dropped), and every output reshaped to S + its own
+  trailing shape. `params` (e.g. a GaussianMixture of scalars) is replicated. The device
+  count is read at the first call, not here, so module-level wrappers do not start the
+  backend before `initialize()`.
+  """
+  jitted = jax.jit(fn)
+  sharded: dict[int, Callable] = {}
+
+  def call(params, *arrays):
+    if jax.device_count() == 1:
+      return jitted(params, *arrays)
+    shape = np.broadcast_shapes(*(np.shape(a) for a in arrays))
+    flat = [np.broadcast_to(np.asarray(a), shape).reshape(-1) for a in arrays]
+    if len(arrays) not in sharded:
+      sharded[len(arrays)] = sharded_vmap(fn, in_axes=(None,) + (0,) * len(arrays))
+    out = sharded[len(arrays)](params, *flat)
+    return jax.tree_util.tree_map(lambda v: v.reshape(shape + v.shape[1:]), out)
+
+  call.jitted = jitted        # the one-device function
+  call.sharded = sharded      # {number of arrays: its sharded_vmap} (tests: no retracing)
+  return call
+
+
 def replicate(tree, *, mesh_: Mesh | None = None):
   """Every leaf on every device of the mesh (parameters, optimizer state)."""
   sharding = NamedSharding(mesh_ if mesh_ is not None else mesh(), P())
