@@ -1,8 +1,8 @@
 """CPU lowerings of the ResNet ops that XLA:CPU runs far below PyTorch's speed.
 
 `experiments/profile_layers.py` times every op of the ResNet34 training step against
-PyTorch on the same shapes (README, "Where the CPU training time goes"). Three kinds of op
-were 5-50x slower than PyTorch under jaxlib 0.10.2:
+PyTorch on the same shapes (README, "Speed"). Three kinds of op were 4 to 30x slower
+than PyTorch per training step under jaxlib 0.10.2 (before this module):
 
   * convolutions over tiny images (<= 4 positions: the last stages at 32 and 64 px),
     forward and both gradients;
